@@ -228,6 +228,9 @@ pub struct Container {
     /// Bytes of the writable layer, when the engine reported them.
     #[serde(default)]
     pub size_rw: Option<u64>,
+    /// Real disk usage of the container (layers, logs, config), when measured on the host.
+    #[serde(default)]
+    pub disk_bytes: Option<u64>,
     /// Names of the volumes it mounts.
     #[serde(default)]
     pub volumes: Vec<String>,

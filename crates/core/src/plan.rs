@@ -525,7 +525,10 @@ impl<'a> Planner<'a> {
                 name,
                 tags: Vec::new(),
                 bytes,
-                disk_bytes: self.disk(crate::graph::estimate_layer_disk_bytes(bytes)),
+                disk_bytes: self.disk(
+                    c.disk_bytes
+                        .unwrap_or_else(|| crate::graph::estimate_layer_disk_bytes(bytes)),
+                ),
                 reason: Reason::StoppedContainer,
                 rule: "containers.stopped_after".into(),
                 last_used: Some(c.last_activity()),

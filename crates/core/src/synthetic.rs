@@ -141,6 +141,7 @@ pub fn generate(p: &Population, now: i64) -> Snapshot {
                 finished: None,
                 labels: Default::default(),
                 size_rw: Some(rng.below(10_000_000)),
+                disk_bytes: None,
                 volumes: Vec::new(),
                 networks: Vec::new(),
             });
