@@ -1,0 +1,167 @@
+//! Command-line flags (raw, as clap parses them). Validation into a request happens in the
+//! command modules.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Keeps Docker hosts from filling their disks, safely.
+///
+/// dockgc knows what every byte on the Docker filesystem belongs to, which bytes deleting any
+/// set of objects would really free (layers are shared), and when each image was last used.
+/// It explains every decision before acting and never deletes what is in use or protected.
+///
+/// Exit codes: 0 success; 1 the target could not be reached under the policy; 2 error
+/// (bad config, unreachable engine, failed deletion).
+#[derive(Debug, Parser)]
+#[command(name = "dockgc", version, max_term_width = 100)]
+pub struct Cli {
+    /// Engine endpoint (unix:///path, tcp://host:port). Default: DOCKER_HOST, then
+    /// DOCKER_CONTEXT, then the docker CLI's current context, then unix:///var/run/docker.sock.
+    #[arg(short = 'H', long, global = true, value_name = "URL")]
+    pub host: Option<String>,
+
+    /// Config file. Default: /etc/dockgc/dockgc.toml when present, else built-in defaults.
+    #[arg(short, long, global = true, env = "DOCKGC_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Seconds to wait for any one engine request.
+    #[arg(long, global = true, default_value_t = 300, value_name = "SECONDS")]
+    pub timeout: u64,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned columns for people.
+    Table,
+    /// Stable JSON with a `version` field (see docs/plan-format.md).
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a snapshot of everything on the Docker filesystem as versioned JSON.
+    ///
+    /// Feed it to `df`, `plan` or `explain` with --from-snapshot to reproduce a decision
+    /// without an engine.
+    Snapshot {
+        /// Write to FILE instead of standard output.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Show usage by class with exact shared-layer accounting.
+    Df {
+        /// List every image with unique and shared bytes, last use and containers.
+        #[arg(short, long)]
+        verbose: bool,
+        #[command(flatten)]
+        source: Source,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Show what a prune would delete and why (a dry run: never deletes).
+    Plan {
+        #[command(flatten)]
+        goal: GoalArgs,
+        #[command(flatten)]
+        source: Source,
+        /// Also list every candidate left alone, with why.
+        #[arg(long)]
+        show_skipped: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Delete what the plan says, safely: re-check each step just before deleting it.
+    Prune(PruneArgs),
+    /// Explain why an image, container, volume or network would or would not be deleted.
+    Explain {
+        /// Image tag or ID, container name or ID, volume name, network name.
+        reference: String,
+        #[command(flatten)]
+        goal: GoalArgs,
+        #[command(flatten)]
+        source: Source,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Print or check configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `dockgc config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the documented default config file.
+    Default,
+    /// Validate a config file; errors name the key, the line and what is allowed.
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+/// Where the world comes from.
+#[derive(Debug, Args)]
+pub struct Source {
+    /// Read the world from a snapshot file (from `dockgc snapshot`) instead of the engine.
+    #[arg(long, value_name = "FILE")]
+    pub from_snapshot: Option<PathBuf>,
+}
+
+/// What to plan for beyond the routine rules.
+#[derive(Debug, Args)]
+pub struct GoalArgs {
+    /// Free at least this much disk space (e.g. 20GB), evicting unused images LRU-first.
+    #[arg(long, value_name = "SIZE", conflicts_with = "target_usage")]
+    pub free: Option<String>,
+    /// Bring disk usage down to this percentage (e.g. 70%).
+    #[arg(long, value_name = "PERCENT")]
+    pub target_usage: Option<String>,
+    /// Consider only these images (tag or ID; repeatable). Each still obeys every safety rule;
+    /// no routine rule runs.
+    #[arg(long = "image", value_name = "REF")]
+    pub images: Vec<String>,
+}
+
+/// `dockgc prune`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub goal: GoalArgs,
+    /// Execute a plan saved with `dockgc plan --format json` instead of planning anew. Every
+    /// step is still re-checked against the engine before it runs.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["free", "target_usage", "images"])]
+    pub plan: Option<PathBuf>,
+    /// Do not ask for confirmation.
+    #[arg(short, long)]
+    pub force: bool,
+    /// Stop after this many deletions.
+    #[arg(long, value_name = "N")]
+    pub max_deletions: Option<usize>,
+    /// Stop before deleting more than this many bytes (Docker's accounting), e.g. 50GB.
+    #[arg(long, value_name = "SIZE")]
+    pub max_bytes: Option<String>,
+    /// Deletions in flight at once.
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: u16,
+    /// Append-only JSON-lines audit trail of every intent and outcome.
+    /// Default: /var/lib/dockgc/audit.jsonl as root, else $XDG_STATE_HOME/dockgc/audit.jsonl.
+    #[arg(long, env = "DOCKGC_AUDIT_FILE", value_name = "FILE")]
+    pub audit_file: Option<PathBuf>,
+    /// Also list every candidate left alone, with why.
+    #[arg(long)]
+    pub show_skipped: bool,
+    /// Output format of the plan and the report.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}

@@ -1,0 +1,497 @@
+//! The TOML config file: raw parsing, then validation into a [`Policy`].
+//!
+//! Every error names the file, the line, the key and what is allowed. The documented default
+//! file is [`DEFAULT_CONFIG`]; `docs/configuration.md` explains each key, and a test checks that
+//! the default file parses to [`Policy::default`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dockgc_core::policy::{LabelPattern, RefPattern, Removal, UnusedImages, Watermark};
+use dockgc_core::Policy;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The default config file, as `dockgc config default` prints it.
+pub const DEFAULT_CONFIG: &str = include_str!("../../../docs/dockgc.toml");
+
+/// Where a config file is looked for when neither `-c` nor `DOCKGC_CONFIG` names one.
+pub const SYSTEM_CONFIG: &str = "/etc/dockgc/dockgc.toml";
+
+/// A config error: where, which key, what is wrong, what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// The key (`disk.high`), when known.
+    pub key: Option<String>,
+    /// What is wrong, and what is allowed.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        write!(f, ": ")?;
+        if let Some(key) = &self.key {
+            write!(f, "`{key}`: ")?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+type Field<T> = Option<Spanned<T>>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    disk: RawDisk,
+    #[serde(default)]
+    keep: RawKeep,
+    #[serde(default)]
+    containers: RawContainers,
+    #[serde(default)]
+    images: RawImages,
+    #[serde(default)]
+    volumes: RawVolumes,
+    #[serde(default)]
+    build_cache: RawBuildCache,
+    #[serde(default)]
+    networks: RawNetworks,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDisk {
+    high: Field<String>,
+    low: Field<String>,
+    inodes_high: Field<String>,
+    inodes_low: Field<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeep {
+    images: Field<Vec<Spanned<String>>>,
+    labels: Field<Vec<Spanned<String>>>,
+    recent: Field<String>,
+    min_age: Field<String>,
+    per_repository: Field<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawContainers {
+    stopped: Field<String>,
+    stopped_after: Field<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImages {
+    dangling: Field<String>,
+    dangling_after: Field<String>,
+    unused: Field<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVolumes {
+    anonymous: Field<String>,
+    anonymous_after: Field<String>,
+    named: Field<String>,
+    named_after: Field<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuildCache {
+    prune: Field<String>,
+    keep: Field<String>,
+    max_age: Field<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetworks {
+    unused: Field<String>,
+}
+
+/// Loads the config: `path` if given, else the system file if present, else the defaults.
+/// Returns the policy and the file it came from.
+pub fn load(path: Option<&Path>) -> Result<(Policy, Option<PathBuf>), ConfigError> {
+    let path = match path {
+        Some(p) => Some(p.to_path_buf()),
+        None => Some(PathBuf::from(SYSTEM_CONFIG)).filter(|p| p.exists()),
+    };
+    let Some(path) = path else {
+        return Ok((Policy::default(), None));
+    };
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
+        file: name.clone(),
+        line: None,
+        key: None,
+        message: format!("cannot read the config file: {e}"),
+    })?;
+    Ok((parse(&text, &name)?, Some(path)))
+}
+
+/// Parses and validates config text; `file` names it in errors.
+pub fn parse(text: &str, file: &str) -> Result<Policy, ConfigError> {
+    let checker = Checker { text, file };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| checker.toml_error(&e))?;
+    checker.validate(raw)
+}
+
+struct Checker<'a> {
+    text: &'a str,
+    file: &'a str,
+}
+
+const SIZE_ALLOWED: &str =
+    "a size such as \"10GB\", \"500MB\", \"2GiB\" or \"0\" (units B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)";
+const DURATION_ALLOWED: &str =
+    "a duration such as \"90s\", \"30m\", \"24h\", \"7d\", \"2w\" or \"1h30m\", or \"0\"";
+const PERCENT_ALLOWED: &str = "a percentage from 0% to 100%, such as \"85%\"";
+const WATERMARK_ALLOWED: &str =
+    "a used percentage such as \"85%\" or the space to keep free such as \"20GB free\"";
+
+impl Checker<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .bytes()
+            .filter(|&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    /// The dotted key on the line at `offset`: the nearest `[table]` header above plus the
+    /// key before `=`.
+    fn key_at(&self, offset: usize) -> Option<String> {
+        let line_no = self.line_of(offset);
+        let lines: Vec<&str> = self.text.lines().collect();
+        let line = lines.get(line_no - 1)?.trim();
+        let key = line
+            .split_once('=')
+            .map(|(k, _)| k.trim().trim_matches('"').to_string())
+            .filter(|k| !k.is_empty());
+        let table = lines[..line_no - 1].iter().rev().find_map(|l| {
+            let l = l.trim();
+            (l.starts_with('[') && !l.starts_with("[[")).then(|| l.trim_matches(['[', ']', ' ']).to_string())
+        });
+        match (table, key) {
+            (Some(t), Some(k)) => Some(format!("{t}.{k}")),
+            (None, Some(k)) => Some(k),
+            (Some(t), None) if line.starts_with('[') => Some(t),
+            _ => None,
+        }
+    }
+
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let offset = e.span().map(|s| s.start);
+        ConfigError {
+            file: self.file.to_string(),
+            line: offset.map(|o| self.line_of(o)),
+            key: offset.and_then(|o| self.key_at(o)),
+            message: e.message().trim().to_string(),
+        }
+    }
+
+    fn error(&self, span: std::ops::Range<usize>, key: &str, message: String) -> ConfigError {
+        ConfigError {
+            file: self.file.to_string(),
+            line: Some(self.line_of(span.start)),
+            key: Some(key.to_string()),
+            message,
+        }
+    }
+
+    fn value<T>(
+        &self,
+        field: Field<String>,
+        key: &str,
+        default: T,
+        allowed: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<T, ConfigError> {
+        let Some(field) = field else { return Ok(default) };
+        let span = field.span();
+        let text = field.into_inner();
+        parse(text.trim()).ok_or_else(|| self.error(span, key, format!("`{text}` is not valid; expected {allowed}")))
+    }
+
+    fn duration(&self, field: Field<String>, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+        self.value(field, key, default, DURATION_ALLOWED, parse_duration)
+    }
+
+    fn removal(&self, field: Field<String>, key: &str, default: Removal) -> Result<Removal, ConfigError> {
+        self.value(field, key, default, "\"remove\" or \"keep\"", |s| match s {
+            "remove" => Some(Removal::Remove),
+            "keep" => Some(Removal::Keep),
+            _ => None,
+        })
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<Policy, ConfigError> {
+        let d = Policy::default();
+        let low_span = raw.disk.low.as_ref().map(|f| f.span());
+        let high_span = raw.disk.high.as_ref().map(|f| f.span());
+        let high = self.value(raw.disk.high, "disk.high", d.disk.high, WATERMARK_ALLOWED, parse_watermark)?;
+        let low = self.value(raw.disk.low, "disk.low", d.disk.low, WATERMARK_ALLOWED, parse_watermark)?;
+        let span = low_span.or(high_span).unwrap_or(0..0);
+        match (high, low) {
+            (Watermark::UsedPercent(h), Watermark::UsedPercent(l)) if l >= h => {
+                return Err(self.error(span, "disk.low", format!("low ({l}%) must be below high ({h}%)")))
+            }
+            (Watermark::FreeBytes(h), Watermark::FreeBytes(l)) if l <= h => {
+                return Err(self.error(
+                    span,
+                    "disk.low",
+                    format!("low must keep more free than high ({} free <= {} free)", fmt_size(l), fmt_size(h)),
+                ))
+            }
+            _ => {}
+        }
+        let inodes_low_span = raw.disk.inodes_low.as_ref().map(|f| f.span());
+        let inodes_high = self.value(raw.disk.inodes_high, "disk.inodes_high", d.disk.inodes_high, PERCENT_ALLOWED, parse_percent)?;
+        let inodes_low = self.value(raw.disk.inodes_low, "disk.inodes_low", d.disk.inodes_low, PERCENT_ALLOWED, parse_percent)?;
+        if inodes_low >= inodes_high {
+            return Err(self.error(
+                inodes_low_span.unwrap_or(0..0),
+                "disk.inodes_low",
+                format!("inodes_low ({inodes_low}%) must be below inodes_high ({inodes_high}%)"),
+            ));
+        }
+
+        let images = match raw.keep.images {
+            None => d.keep.images.clone(),
+            Some(list) => list
+                .into_inner()
+                .into_iter()
+                .map(|p| {
+                    let span = p.span();
+                    RefPattern::new(p.get_ref()).map_err(|e| {
+                        self.error(span, "keep.images", format!("{e}; expected a reference glob such as \"miniconda:py310*\", \"sha256:<id prefix>\" or \"repo@sha256:<digest>\""))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let labels = match raw.keep.labels {
+            None => d.keep.labels.clone(),
+            Some(list) => list
+                .into_inner()
+                .into_iter()
+                .map(|p| {
+                    let span = p.span();
+                    LabelPattern::new(p.get_ref()).map_err(|e| {
+                        self.error(span, "keep.labels", format!("{e}; expected \"key\" or \"key=value\""))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let per_repository = match raw.keep.per_repository {
+            None => d.keep.per_repository,
+            Some(n) => {
+                let span = n.span();
+                u32::try_from(*n.get_ref()).map_err(|_| {
+                    self.error(span, "keep.per_repository", format!("`{}` is not valid; expected a whole number from 0 to {}", n.get_ref(), u32::MAX))
+                })?
+            }
+        };
+
+        Ok(Policy {
+            disk: dockgc_core::policy::DiskPolicy {
+                high,
+                low,
+                inodes_high,
+                inodes_low,
+            },
+            keep: dockgc_core::policy::KeepPolicy {
+                images,
+                labels,
+                recent: self.duration(raw.keep.recent, "keep.recent", d.keep.recent)?,
+                min_age: self.duration(raw.keep.min_age, "keep.min_age", d.keep.min_age)?,
+                per_repository,
+            },
+            containers: dockgc_core::policy::ContainerPolicy {
+                stopped: self.removal(raw.containers.stopped, "containers.stopped", d.containers.stopped)?,
+                stopped_after: self.duration(raw.containers.stopped_after, "containers.stopped_after", d.containers.stopped_after)?,
+            },
+            images: dockgc_core::policy::ImagePolicy {
+                dangling: self.removal(raw.images.dangling, "images.dangling", d.images.dangling)?,
+                dangling_after: self.duration(raw.images.dangling_after, "images.dangling_after", d.images.dangling_after)?,
+                unused: self.value(raw.images.unused, "images.unused", d.images.unused, "\"lru\", \"remove\" or \"keep\"", |s| match s {
+                    "lru" => Some(UnusedImages::Lru),
+                    "remove" => Some(UnusedImages::Remove),
+                    "keep" => Some(UnusedImages::Keep),
+                    _ => None,
+                })?,
+            },
+            volumes: dockgc_core::policy::VolumePolicy {
+                anonymous: self.removal(raw.volumes.anonymous, "volumes.anonymous", d.volumes.anonymous)?,
+                anonymous_after: self.duration(raw.volumes.anonymous_after, "volumes.anonymous_after", d.volumes.anonymous_after)?,
+                named: self.removal(raw.volumes.named, "volumes.named", d.volumes.named)?,
+                named_after: self.duration(raw.volumes.named_after, "volumes.named_after", d.volumes.named_after)?,
+            },
+            build_cache: dockgc_core::policy::BuildCachePolicy {
+                prune: self.removal(raw.build_cache.prune, "build_cache.prune", d.build_cache.prune)?,
+                keep_bytes: self.value(raw.build_cache.keep, "build_cache.keep", d.build_cache.keep_bytes, SIZE_ALLOWED, parse_size)?,
+                max_age: self.duration(raw.build_cache.max_age, "build_cache.max_age", d.build_cache.max_age)?,
+            },
+            networks: dockgc_core::policy::NetworkPolicy {
+                unused: self.removal(raw.networks.unused, "networks.unused", d.networks.unused)?,
+            },
+        })
+    }
+}
+
+fn fmt_size(b: u64) -> String {
+    dockgc_core::model::format_bytes(b)
+}
+
+/// Parses a size: a number with an optional unit; `GB` is 10^9 and `GiB` is 2^30 bytes.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "kB" | "KB" | "k" | "K" => 1_000,
+        "MB" | "M" => 1_000_000,
+        "GB" | "G" => 1_000_000_000,
+        "TB" | "T" => 1_000_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        _ => return None,
+    };
+    let bytes = number * factor as f64;
+    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes.round() as u64)
+}
+
+/// Parses a duration: `0`, or one or more `<n><unit>` with units s, m, h, d, w.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut total: u64 = 0;
+    let mut number = String::new();
+    let mut any = false;
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3_600,
+            'd' => 86_400,
+            'w' => 7 * 86_400,
+            _ => return None,
+        };
+        let n: u64 = number.parse().ok()?;
+        total = total.checked_add(n.checked_mul(unit)?)?;
+        number.clear();
+        any = true;
+    }
+    (any && number.is_empty()).then(|| Duration::from_secs(total))
+}
+
+/// Parses a percentage `0%`–`100%`.
+pub fn parse_percent(text: &str) -> Option<f64> {
+    let n: f64 = text.trim().strip_suffix('%')?.trim().parse().ok()?;
+    (0.0..=100.0).contains(&n).then_some(n)
+}
+
+/// Parses a watermark: `85%` or `20GB free`.
+pub fn parse_watermark(text: &str) -> Option<Watermark> {
+    if let Some(size) = text.trim().strip_suffix("free") {
+        return parse_size(size).map(Watermark::FreeBytes);
+    }
+    parse_percent(text).map(Watermark::UsedPercent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ConfigError {
+        parse(text, "test.toml").unwrap_err()
+    }
+
+    #[test]
+    fn the_default_file_is_the_default_policy() {
+        assert_eq!(parse(DEFAULT_CONFIG, "default").unwrap(), Policy::default());
+        assert_eq!(parse("", "empty").unwrap(), Policy::default());
+    }
+
+    #[test]
+    fn unknown_keys_name_key_line_and_allowed() {
+        let e = err("[disk]\nhigh = \"80%\"\nhihg = \"90%\"\n");
+        assert_eq!(e.line, Some(3));
+        assert_eq!(e.key.as_deref(), Some("disk.hihg"));
+        assert!(e.message.contains("`high`"), "{e}");
+        let e = err("[disks]\n");
+        assert_eq!(e.line, Some(1));
+        assert!(e.message.contains("disks"), "{e}");
+    }
+
+    #[test]
+    fn malformed_values_name_key_line_and_allowed() {
+        let cases = [
+            ("[build_cache]\nkeep = \"12XB\"\n", "build_cache.keep", "units"),
+            ("[keep]\nrecent = \"soon\"\n", "keep.recent", "duration"),
+            ("[disk]\nhigh = \"185%\"\n", "disk.high", "percentage"),
+            ("[keep]\nimages = [\"ok\", \"a[\"]\n", "keep.images", "glob"),
+            ("[keep]\nlabels = [\"=x\"]\n", "keep.labels", "key=value"),
+            ("[images]\nunused = \"sometimes\"\n", "images.unused", "\"lru\""),
+            ("[keep]\nper_repository = -1\n", "keep.per_repository", "whole number"),
+            ("[keep]\nper_repository = \"two\"\n", "keep.per_repository", "integer"),
+        ];
+        for (text, key, allowed) in cases {
+            let e = err(text);
+            assert_eq!(e.line, Some(2), "{text}: {e}");
+            assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+            assert!(e.message.contains(allowed), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn low_must_be_below_high() {
+        let e = err("[disk]\nhigh = \"70%\"\nlow = \"80%\"\n");
+        assert_eq!(e.key.as_deref(), Some("disk.low"));
+        assert_eq!(e.line, Some(3));
+        assert!(e.to_string().starts_with("test.toml:3: `disk.low`:"), "{e}");
+        let e = err("[disk]\nhigh = \"10GB free\"\nlow = \"5GB free\"\n");
+        assert_eq!(e.key.as_deref(), Some("disk.low"));
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("10GB"), Some(10_000_000_000));
+        assert_eq!(parse_size("1 GiB"), Some(1 << 30));
+        assert_eq!(parse_size("1.5kB"), Some(1_500));
+        assert_eq!(parse_size("0"), Some(0));
+        assert_eq!(parse_size("GB"), None);
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5_400)));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("7"), None);
+        assert_eq!(parse_duration("h"), None);
+        assert_eq!(parse_watermark("20GB free"), Some(Watermark::FreeBytes(20_000_000_000)));
+    }
+}

@@ -1,0 +1,361 @@
+//! The executor: a safety protocol, not a loop that deletes.
+//!
+//! For each chunk of steps: record every intent in the audit trail; re-check each step against
+//! fresh engine data (still unused, still unprotected, still old enough); delete without force
+//! (404 = already gone, 409 = now in use: skipped); record every outcome; re-measure the
+//! filesystem and stop once the target is reached.
+
+use std::collections::{HashSet, VecDeque};
+
+use anyhow::Result;
+use dockgc_core::model::{Container, Filesystem, Snapshot};
+use dockgc_core::plan::{recheck_image, Kind, Reason, Step};
+use dockgc_core::Policy;
+use dockgc_docker::engine::Removal;
+use dockgc_docker::{Engine, Error};
+use futures::future::join_all;
+use indicatif::ProgressBar;
+use serde::Serialize;
+
+use crate::audit::{Audit, Event};
+
+/// Caps on one run.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Stop after this many deletions.
+    pub max_deletions: Option<usize>,
+    /// Stop before deleting more than this many bytes.
+    pub max_bytes: Option<u64>,
+    /// Deletions in flight at once.
+    pub parallel: usize,
+}
+
+/// What happened to one step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Deleted.
+    Removed,
+    /// Gone before dockgc got to it.
+    AlreadyGone,
+    /// Left alone: the re-check or the engine (409) said it is in use or protected now.
+    Skipped,
+    /// The engine failed the deletion.
+    Failed,
+    /// Not attempted: the target was reached before it.
+    NotNeeded,
+    /// Not attempted: `--max-deletions` or `--max-bytes` reached, or the run was aborted.
+    NotRun,
+}
+
+impl Outcome {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Self::Removed => "removed",
+            Self::AlreadyGone => "already_gone",
+            Self::Skipped => "skipped",
+            Self::Failed => "failed",
+            Self::NotNeeded => "not_needed",
+            Self::NotRun => "not_run",
+        }
+    }
+}
+
+/// One step's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepResult {
+    /// The step.
+    #[serde(flatten)]
+    pub step: Step,
+    /// What came of it.
+    pub outcome: Outcome,
+    /// Why, for skipped, failed and not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// Each attempted or left step, in order.
+    pub results: Vec<StepResult>,
+    /// The run was aborted (engine unreachable): why.
+    pub aborted: Option<String>,
+}
+
+impl Report {
+    /// Steps with this outcome.
+    pub fn count(&self, outcome: Outcome) -> usize {
+        self.results.iter().filter(|r| r.outcome == outcome).count()
+    }
+
+    /// Planned bytes of removed steps.
+    pub fn removed_bytes(&self) -> u64 {
+        self.results
+            .iter()
+            .filter(|r| r.outcome == Outcome::Removed)
+            .map(|r| r.step.bytes)
+            .sum()
+    }
+
+    /// Planned disk bytes of removed steps.
+    pub fn removed_disk_bytes(&self) -> u64 {
+        self.results
+            .iter()
+            .filter(|r| r.outcome == Outcome::Removed)
+            .map(|r| r.step.disk_bytes)
+            .sum()
+    }
+}
+
+/// Runs plans against an engine.
+pub struct Executor<'a> {
+    /// The engine.
+    pub engine: &'a Engine,
+    /// The policy steps are re-checked against.
+    pub policy: &'a Policy,
+    /// The audit trail.
+    pub audit: &'a mut Audit,
+    /// Caps.
+    pub limits: Limits,
+    /// Progress bar, on a terminal.
+    pub progress: Option<ProgressBar>,
+    /// Next audit sequence number.
+    pub seq: u64,
+    /// Deletions done so far in this run (across rounds).
+    pub deletions: usize,
+    /// Bytes deleted so far in this run (across rounds).
+    pub bytes: u64,
+}
+
+/// Whether image `a` is an ancestor of image `b` (its layers are a proper prefix of b's).
+fn is_ancestor(snapshot: &Snapshot, a: &str, b: &str) -> bool {
+    let find = |id: &str| snapshot.images.iter().find(|i| i.id == id);
+    match (find(a), find(b)) {
+        (Some(a), Some(b)) => {
+            (a.layers.len() < b.layers.len() && b.layers.starts_with(&a.layers))
+                || b.parent.as_deref() == Some(a.id.as_str())
+        }
+        _ => false,
+    }
+}
+
+impl Executor<'_> {
+    /// Executes `steps` (planned from `snapshot`). With `target_used`, stops evicting under
+    /// disk pressure once the measured used bytes are at or below it; routine steps still run.
+    pub async fn run(
+        &mut self,
+        steps: &[Step],
+        snapshot: &Snapshot,
+        mut target_used: Option<u64>,
+        report: &mut Report,
+    ) -> Result<()> {
+        let mut pending: VecDeque<Step> = steps.iter().cloned().collect();
+        while !pending.is_empty() {
+            if report.aborted.is_some() {
+                self.leave(pending.make_contiguous(), Outcome::NotRun, "run aborted", report);
+                break;
+            }
+            if let (Some(target), Some(fs)) = (target_used, self.measure()) {
+                if fs.used_bytes <= target {
+                    let (optional, rest): (Vec<Step>, Vec<Step>) =
+                        pending.into_iter().partition(|s| s.reason == Reason::DiskPressure);
+                    self.leave(&optional, Outcome::NotNeeded, "target reached", report);
+                    pending = rest.into();
+                    target_used = None;
+                    continue;
+                }
+            }
+            let size = self.chunk_len(pending.make_contiguous(), snapshot);
+            if size == 0 {
+                let why = "limit reached (--max-deletions / --max-bytes)";
+                self.leave(pending.make_contiguous(), Outcome::NotRun, why, report);
+                break;
+            }
+            let chunk: Vec<Step> = pending.drain(..size).collect();
+            self.run_chunk(&chunk, report).await?;
+        }
+        Ok(())
+    }
+
+    fn leave(&self, steps: &[Step], outcome: Outcome, why: &str, report: &mut Report) {
+        for s in steps {
+            push(report, s, outcome.clone(), Some(why.into()));
+        }
+        if let Some(p) = &self.progress {
+            p.inc(steps.len() as u64);
+        }
+    }
+
+    /// The filesystem now, when measurable.
+    pub fn measure(&self) -> Option<Filesystem> {
+        self.engine.filesystem()
+    }
+
+    /// How many of the next steps run together: same kind, within the caps, and no image
+    /// together with one of its ancestors (a parent goes only after its children).
+    fn chunk_len(&self, pending: &[Step], snapshot: &Snapshot) -> usize {
+        let mut n = 0;
+        let mut bytes = self.bytes;
+        for s in pending.iter().take(self.limits.parallel) {
+            if s.kind != pending[0].kind {
+                break;
+            }
+            if self.limits.max_deletions.is_some_and(|m| self.deletions + n >= m) {
+                break;
+            }
+            if self.limits.max_bytes.is_some_and(|m| bytes + s.bytes > m) {
+                break;
+            }
+            if s.kind == Kind::Image
+                && pending[..n]
+                    .iter()
+                    .any(|p| is_ancestor(snapshot, &s.id, &p.id) || is_ancestor(snapshot, &p.id, &s.id))
+            {
+                break;
+            }
+            bytes += s.bytes;
+            n += 1;
+        }
+        n
+    }
+
+    async fn run_chunk(&mut self, chunk: &[Step], report: &mut Report) -> Result<()> {
+        let first_seq = self.seq;
+        for step in chunk {
+            self.seq += 1;
+            self.audit.write(
+                self.seq,
+                Event::Intent {
+                    kind: step.kind.to_string(),
+                    id: step.id.clone(),
+                    name: step.name.clone(),
+                    reason: format!("{:?}", step.reason).to_lowercase(),
+                    rule: step.rule.clone(),
+                    bytes: step.bytes,
+                    disk_bytes: step.disk_bytes,
+                },
+            )?;
+        }
+        let containers = match self.engine.containers(false).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                // Without fresh facts nothing in this chunk may be deleted.
+                let why = e.to_string();
+                for (i, step) in chunk.iter().enumerate() {
+                    self.finish(first_seq + 1 + i as u64, step, Outcome::Failed, Some(why.clone()), report)?;
+                }
+                report.aborted = Some(why);
+                return Ok(());
+            }
+        };
+        let containers = containers.unwrap_or_default();
+        let results = join_all(chunk.iter().map(|s| self.attempt(s, &containers))).await;
+        for (i, (step, (outcome, detail, fatal))) in chunk.iter().zip(results).enumerate() {
+            if outcome == Outcome::Removed {
+                self.deletions += 1;
+                self.bytes += step.bytes;
+            }
+            if let Some(why) = fatal {
+                report.aborted.get_or_insert(why);
+            }
+            self.finish(first_seq + 1 + i as u64, step, outcome, detail, report)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, seq: u64, step: &Step, outcome: Outcome, detail: Option<String>, report: &mut Report) -> Result<()> {
+        self.audit.write(
+            seq,
+            Event::Outcome {
+                outcome: outcome.as_str().into(),
+                detail: detail.clone(),
+            },
+        )?;
+        if let Some(p) = &self.progress {
+            p.inc(1);
+            p.set_message(format!("{} {}", step.kind, step.name));
+        }
+        push(report, step, outcome, detail);
+        Ok(())
+    }
+
+    /// Re-checks and deletes one step. Returns the outcome, its detail, and an abort reason
+    /// when the engine became unreachable.
+    async fn attempt(&self, step: &Step, containers: &[Container]) -> (Outcome, Option<String>, Option<String>) {
+        if let Err(why) = self.recheck(step, containers).await {
+            return why;
+        }
+        let result = match step.kind {
+            Kind::Container => self.engine.remove_container(&step.id).await,
+            Kind::Image => self.engine.remove_image(&step.id, &step.tags).await,
+            Kind::Volume => self.engine.remove_volume(&step.id).await,
+            Kind::Network => self.engine.remove_network(&step.id).await,
+            Kind::BuildCache => self
+                .engine
+                .prune_build_cache(self.policy.build_cache.keep_bytes, self.policy.build_cache.max_age)
+                .await
+                .map(|_| Removal::Removed),
+        };
+        match result {
+            Ok(Removal::Removed) => (Outcome::Removed, None, None),
+            Ok(Removal::AlreadyGone) => (Outcome::AlreadyGone, None, None),
+            Err(Error::Conflict(m)) => (Outcome::Skipped, Some(format!("engine refused (in use): {m}")), None),
+            Err(e @ Error::Unreachable { .. }) => (Outcome::Failed, Some(e.to_string()), Some(e.to_string())),
+            Err(e) => (Outcome::Failed, Some(e.to_string()), None),
+        }
+    }
+
+    async fn recheck(
+        &self,
+        step: &Step,
+        containers: &[Container],
+    ) -> Result<(), (Outcome, Option<String>, Option<String>)> {
+        let skip = |why: String| Err((Outcome::Skipped, Some(why), None));
+        let now = chrono::Utc::now().timestamp();
+        match step.kind {
+            Kind::Container => match containers.iter().find(|c| c.id == step.id) {
+                None => Err((Outcome::AlreadyGone, None, None)),
+                Some(c) if !c.state.is_stopped() => skip("running again since the plan".into()),
+                Some(c) if step.last_used.is_some_and(|t| c.last_activity() > t) => {
+                    skip("used since the plan".into())
+                }
+                Some(_) => Ok(()),
+            },
+            Kind::Image => {
+                let fresh = match self.engine.inspect_image(&step.id).await {
+                    Ok(Some(i)) => i,
+                    Ok(None) => return Err((Outcome::AlreadyGone, None, None)),
+                    Err(e @ Error::Unreachable { .. }) => {
+                        return Err((Outcome::Failed, Some(e.to_string()), Some(e.to_string())))
+                    }
+                    Err(e) => return Err((Outcome::Failed, Some(e.to_string()), None)),
+                };
+                let planned: HashSet<&String> = step.tags.iter().collect();
+                if let Some(t) = fresh.tags.iter().find(|t| !planned.contains(t)) {
+                    return skip(format!("tagged {t} since the plan"));
+                }
+                recheck_image(&fresh, containers, self.policy, fresh.arrived, now)
+                    .or_else(|why| skip(format!("re-check: {why}")))
+            }
+            Kind::Volume => {
+                let users: Vec<_> = containers.iter().filter(|c| c.volumes.contains(&step.id)).map(|c| c.display_name()).collect();
+                if users.is_empty() { Ok(()) } else { skip(format!("in use by {}", users.join(", "))) }
+            }
+            Kind::Network => {
+                let users: Vec<_> = containers.iter().filter(|c| c.networks.contains(&step.name)).map(|c| c.display_name()).collect();
+                if users.is_empty() { Ok(()) } else { skip(format!("in use by {}", users.join(", "))) }
+            }
+            Kind::BuildCache => Ok(()),
+        }
+    }
+}
+
+fn push(report: &mut Report, step: &Step, outcome: Outcome, detail: Option<String>) {
+    report.results.push(StepResult {
+        step: step.clone(),
+        outcome,
+        detail,
+    });
+}
+
