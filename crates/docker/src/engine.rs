@@ -153,6 +153,7 @@ impl Engine {
 
         let containers = self.containers(true).await?;
         let df: convert::SystemDf = self.client.get_json("/system/df").await?;
+        self.account_buildkit_layers(&mut layers, df.build_cache.as_deref().unwrap_or_default());
         let sizes: HashMap<String, i64> = df
             .volumes
             .unwrap_or_default()
@@ -235,12 +236,35 @@ impl Engine {
                 Layer {
                     chain_id: chain.clone(),
                     bytes,
-                    disk_bytes: usage.map(|u| u.bytes),
-                    inodes: usage.map(|u| u.inodes),
+                    disk_bytes: usage.map(|u| u.total().bytes),
+                    inodes: usage.map(|u| u.total().inodes),
                 }
             })
             .collect();
         Ok((image, layers))
+    }
+
+    /// A layer BuildKit made and still shares with a cache record keeps its data when its
+    /// images go (the data moves to the build cache): deleting the images frees only the
+    /// layer's metadata. Records name no layer, so they are matched by exact size.
+    fn account_buildkit_layers(&self, layers: &mut [Layer], records: &[convert::BuildCacheItem]) {
+        let Some(host) = &self.host else { return };
+        let mut shared: Vec<i64> = records
+            .iter()
+            .filter(|r| r.shared && r.kind == "regular" && r.size > 0)
+            .map(|r| r.size)
+            .collect();
+        for layer in layers.iter_mut() {
+            let Some(disk) = host.layer_disk_usage(&layer.chain_id) else { continue };
+            if !disk.made_by_buildkit {
+                continue;
+            }
+            if let Some(pos) = shared.iter().position(|&s| s as u64 == layer.bytes) {
+                shared.swap_remove(pos);
+                layer.disk_bytes = Some(disk.metadata.bytes);
+                layer.inodes = Some(disk.metadata.inodes);
+            }
+        }
     }
 
     /// Lists all containers with their state times; `with_sizes` asks for writable-layer

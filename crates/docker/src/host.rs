@@ -71,13 +71,31 @@ pub fn disk_usage(path: &Path) -> DiskUsage {
     total
 }
 
+/// Disk usage of one layer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LayerDisk {
+    /// The layer store's metadata directory.
+    pub metadata: DiskUsage,
+    /// The storage driver's directory.
+    pub data: DiskUsage,
+    /// Whether BuildKit made the layer (its data may stay in the build cache).
+    pub made_by_buildkit: bool,
+}
+
+impl LayerDisk {
+    /// Both parts together.
+    pub fn total(&self) -> DiskUsage {
+        self.metadata + self.data
+    }
+}
+
 /// The Docker root of a local engine, readable by dockgc.
 #[derive(Debug)]
 pub struct HostRoot {
     root: PathBuf,
     driver: String,
     /// Layers never change once written, so their measured usage is kept.
-    measured: Mutex<HashMap<String, DiskUsage>>,
+    measured: Mutex<HashMap<String, LayerDisk>>,
 }
 
 fn hex(id: &str) -> &str {
@@ -116,19 +134,26 @@ impl HostRoot {
     }
 
     /// Real disk usage of a layer: its driver directory and its layer-store metadata.
-    pub fn layer_disk_usage(&self, chain_id: &str) -> Option<DiskUsage> {
+    pub fn layer_disk_usage(&self, chain_id: &str) -> Option<LayerDisk> {
         if let Some(known) = self.lock().get(chain_id) {
             return Some(*known);
         }
         let meta_dir = self.layer_dir(chain_id);
         let cache_id = std::fs::read_to_string(meta_dir.join("cache-id")).ok()?;
-        let data = self.root.join(&self.driver).join(cache_id.trim());
-        let usage = disk_usage(&meta_dir) + disk_usage(&data);
+        let cache_id = cache_id.trim();
+        let data = self.root.join(&self.driver).join(cache_id);
+        let usage = LayerDisk {
+            metadata: disk_usage(&meta_dir),
+            data: disk_usage(&data),
+            // The graphdriver names layers it makes with 64 hex digits; BuildKit's snapshotter
+            // names its own with shorter keys, and may keep them after the image is gone.
+            made_by_buildkit: !(cache_id.len() == 64 && cache_id.bytes().all(|b| b.is_ascii_hexdigit())),
+        };
         self.lock().insert(chain_id.to_string(), usage);
         Some(usage)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, DiskUsage>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, LayerDisk>> {
         // A panic while holding the lock leaves only a cache behind: keep using it.
         self.measured.lock().unwrap_or_else(|e| e.into_inner())
     }

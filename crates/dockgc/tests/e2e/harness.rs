@@ -1,0 +1,230 @@
+//! A private `dockerd` on a small loop-mounted ext4 disk, started per test and torn down on
+//! drop. Never touches the machine's default engine.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The Debian docker client (the one matching Debian's dockerd).
+pub const DOCKER: &str = "/usr/bin/docker";
+
+/// Waits until `check` returns `Some`, or panics with `what` after `deadline`.
+pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A running private engine.
+pub struct PrivateEngine {
+    dir: tempfile::TempDir,
+    /// Mount point of the loop disk: the engine's data root.
+    pub root: PathBuf,
+    /// The engine's API socket.
+    pub socket: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateEngine {
+    /// Starts an engine on a fresh ext4 disk of `disk_mb` MiB.
+    pub fn start(disk_mb: u64) -> Self {
+        assert!(
+            rustix_is_root(),
+            "the end-to-end tests start a private dockerd and need root (run them through .ci/run)"
+        );
+        assert!(
+            Path::new("/usr/sbin/dockerd").exists() && Path::new(DOCKER).exists(),
+            "dockerd and the docker client are missing: apt-get install docker.io (the README's test command does)"
+        );
+        // Short paths: containerd's sockets under the exec root must fit in sun_path.
+        let dir = tempfile::Builder::new()
+            .prefix("dgc")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        let image = dir.path().join("disk.img");
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let file = std::fs::File::create(&image).unwrap();
+        file.set_len(disk_mb << 20).unwrap();
+        drop(file);
+        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
+        run(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&root));
+        let socket = dir.path().join("d.sock");
+        let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
+        let child = Command::new("/usr/sbin/dockerd")
+            .arg("--data-root")
+            .arg(&root)
+            .arg("--exec-root")
+            .arg(dir.path().join("x"))
+            .arg("--pidfile")
+            .arg(dir.path().join("d.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", socket.display()))
+            .args(["--bridge=none", "--iptables=false", "--ip-masq=false"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd");
+        let engine = Self {
+            dir,
+            root,
+            socket,
+            child: Some(child),
+        };
+        wait_for("the private dockerd to answer", Duration::from_secs(60), || {
+            engine
+                .docker_output(&["version", "--format", "{{.Server.APIVersion}}"])
+                .status
+                .success()
+                .then_some(())
+        });
+        engine
+    }
+
+    /// The engine's URL for `--host`.
+    pub fn url(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// Scratch directory of this engine's test.
+    pub fn scratch(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs the docker client against this engine, returning its output whatever the status.
+    pub fn docker_output(&self, args: &[&str]) -> Output {
+        Command::new(DOCKER)
+            .arg("-H")
+            .arg(self.url())
+            .args(args)
+            .env("DOCKER_BUILDKIT", "1")
+            .output()
+            .expect("run docker")
+    }
+
+    /// Runs the docker client and requires success; returns stdout.
+    pub fn docker(&self, args: &[&str]) -> String {
+        let out = self.docker_output(args);
+        assert!(
+            out.status.success(),
+            "docker {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Runs dockgc against this engine.
+    pub fn dockgc(&self, args: &[&str]) -> Output {
+        self.dockgc_with(args, &[])
+    }
+
+    /// Runs dockgc against this engine with extra environment.
+    pub fn dockgc_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_dockgc"))
+            .arg("--host")
+            .arg(self.url())
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("DOCKER_HOST")
+            .env_remove("DOCKGC_CONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run dockgc")
+    }
+
+    /// GETs an API path and decodes the JSON body.
+    pub fn api(&self, path: &str) -> serde_json::Value {
+        api_get(&self.socket, path)
+    }
+
+    /// `LayersSize` of `/system/df`.
+    pub fn layers_size(&self) -> u64 {
+        self.api("/system/df")["LayersSize"].as_u64().expect("LayersSize")
+    }
+
+    /// Used bytes of the data root's filesystem (after a sync), as statvfs says.
+    pub fn used_bytes(&self) -> u64 {
+        run(Command::new("sync").arg("-f").arg(&self.root));
+        let out = run(Command::new("stat").args(["-f", "-c", "%b %f %S"]).arg(&self.root));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let n: Vec<u64> = text.split_whitespace().map(|v| v.parse().unwrap()).collect();
+        (n[0] - n[1]) * n[2]
+    }
+
+    /// Stops the engine (as an engine outage would).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let ids = self.docker_output(&["ps", "-q"]);
+            for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+                let _ = self.docker_output(&["kill", id]);
+            }
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(30) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateEngine {
+    fn drop(&mut self) {
+        self.stop();
+        for _ in 0..50 {
+            let ok = Command::new("umount").arg(&self.root).status().is_ok_and(|s| s.success());
+            if ok || !is_mounted(&self.root) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if is_mounted(&self.root) {
+            let _ = Command::new("umount").arg("-l").arg(&self.root).status();
+        }
+    }
+}
+
+fn is_mounted(path: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some(&*path.to_string_lossy())))
+        .unwrap_or(false)
+}
+
+fn rustix_is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+/// GET over a Unix socket with HTTP/1.0 (no chunked replies), JSON body.
+pub fn api_get(socket: &Path, path: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response);
+    let (_, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
