@@ -25,6 +25,7 @@ pub struct Record {
     /// Step number within the run (0 for run records).
     pub seq: u64,
     /// What happened.
+    #[serde(flatten)]
     pub event: Event,
 }
 

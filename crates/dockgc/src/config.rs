@@ -202,7 +202,11 @@ impl Checker<'_> {
             file: self.file.to_string(),
             line: offset.map(|o| self.line_of(o)),
             key: offset.and_then(|o| self.key_at(o)),
-            message: e.message().trim().to_string(),
+            message: e
+                .message()
+                .trim()
+                .replace("expected i64", "expected a whole number")
+                .replace("expected a sequence", "expected a list such as [\"a\", \"b\"]"),
         }
     }
 
@@ -461,7 +465,8 @@ mod tests {
             ("[keep]\nlabels = [\"=x\"]\n", "keep.labels", "key=value"),
             ("[images]\nunused = \"sometimes\"\n", "images.unused", "\"lru\""),
             ("[keep]\nper_repository = -1\n", "keep.per_repository", "whole number"),
-            ("[keep]\nper_repository = \"two\"\n", "keep.per_repository", "integer"),
+            ("[keep]\nper_repository = \"two\"\n", "keep.per_repository", "whole number"),
+            ("[keep]\nimages = \"ubuntu\"\n", "keep.images", "list"),
         ];
         for (text, key, allowed) in cases {
             let e = err(text);

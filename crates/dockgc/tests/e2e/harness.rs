@@ -44,6 +44,15 @@ pub struct PrivateEngine {
 impl PrivateEngine {
     /// Starts an engine on a fresh ext4 disk of `disk_mb` MiB.
     pub fn start(disk_mb: u64) -> Self {
+        Self::start_listening(disk_mb, None)
+    }
+
+    /// Starts an engine that also listens on plain TCP on 127.0.0.1:`port`.
+    pub fn start_with_tcp(disk_mb: u64, port: u16) -> Self {
+        Self::start_listening(disk_mb, Some(port))
+    }
+
+    fn start_listening(disk_mb: u64, tcp_port: Option<u16>) -> Self {
         assert!(
             rustix_is_root(),
             "the end-to-end tests start a private dockerd and need root (run them through .ci/run)"
@@ -77,6 +86,7 @@ impl PrivateEngine {
             .arg("-H")
             .arg(format!("unix://{}", socket.display()))
             .args(["--bridge=none", "--iptables=false", "--ip-masq=false"])
+            .args(tcp_port.map(|p| format!("-H=tcp://127.0.0.1:{p}")))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
