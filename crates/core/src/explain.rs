@@ -110,7 +110,12 @@ pub fn explain(
     if let Some(fs) = &snapshot.filesystem {
         facts.push((
             "disk".into(),
-            format!("{:.1}% used, high {}, low {}", fs.used_percent(), policy.disk.high, policy.disk.low),
+            format!(
+                "{:.1}% used, high {}, low {}",
+                fs.used_percent(),
+                policy.disk.high,
+                policy.disk.low
+            ),
         ));
     }
     Some(Explanation {
@@ -128,7 +133,8 @@ fn resolve(snapshot: &Snapshot, reference: &str) -> Option<(Kind, String, String
         return Some((Kind::Image, image.id.clone(), image.display_name()));
     }
     if let Some(c) = snapshot.containers.iter().find(|c| {
-        c.names.iter().any(|n| n == reference) || (reference.len() >= 4 && c.id.starts_with(reference))
+        c.names.iter().any(|n| n == reference)
+            || (reference.len() >= 4 && c.id.starts_with(reference))
     }) {
         return Some((Kind::Container, c.id.clone(), c.display_name()));
     }

@@ -423,7 +423,12 @@ fn secs(d: std::time::Duration) -> i64 {
 }
 
 impl<'a> Planner<'a> {
-    fn new(s: &'a Snapshot, facts: &'a ImageFacts, policy: &'a Policy, request: &'a Request) -> Self {
+    fn new(
+        s: &'a Snapshot,
+        facts: &'a ImageFacts,
+        policy: &'a Policy,
+        request: &'a Request,
+    ) -> Self {
         Self {
             s,
             policy,
@@ -472,7 +477,12 @@ impl<'a> Planner<'a> {
         });
     }
 
-    fn age_guard(&self, since: Timestamp, min: std::time::Duration, rule: &str) -> Option<SkipReason> {
+    fn age_guard(
+        &self,
+        since: Timestamp,
+        min: std::time::Duration,
+        rule: &str,
+    ) -> Option<SkipReason> {
         let age = self.now - since;
         (age < secs(min)).then(|| SkipReason::TooYoung {
             age,
@@ -503,7 +513,12 @@ impl<'a> Planner<'a> {
             }
             if self.policy.containers.stopped == Removal::Keep {
                 let rule = "containers.stopped = \"keep\"".into();
-                self.skip(Kind::Container, &c.id, name, SkipReason::PolicyKeeps { rule });
+                self.skip(
+                    Kind::Container,
+                    &c.id,
+                    name,
+                    SkipReason::PolicyKeeps { rule },
+                );
                 continue;
             }
             let guard = self.label_guard(&c.labels).or_else(|| {
@@ -575,7 +590,11 @@ impl<'a> Planner<'a> {
         if let Some(r) = self.label_guard(&image.labels) {
             return Some(r);
         }
-        self.age_guard(self.facts.first_seen[i], self.policy.keep.min_age, "keep.min_age")
+        self.age_guard(
+            self.facts.first_seen[i],
+            self.policy.keep.min_age,
+            "keep.min_age",
+        )
     }
 
     /// Rules for evicting tagged images: recency and per-repository keeps.
@@ -767,9 +786,7 @@ impl<'a> Planner<'a> {
             }
             let name = image.display_name();
             let id = image.id.clone();
-            let guard = self
-                .image_guard(i)
-                .or_else(|| self.recency_guard(i, &kept));
+            let guard = self.image_guard(i).or_else(|| self.recency_guard(i, &kept));
             if let Some(reason) = guard {
                 self.skip(Kind::Image, &id, name, reason);
                 continue;
@@ -782,17 +799,32 @@ impl<'a> Planner<'a> {
             candidates.push(i);
         }
         match (self.policy.images.unused, target) {
-            (UnusedImages::Remove, _) => {
-                self.evict(candidates, tally, None, Reason::UnusedImage, "images.unused")
-            }
+            (UnusedImages::Remove, _) => self.evict(
+                candidates,
+                tally,
+                None,
+                Reason::UnusedImage,
+                "images.unused",
+            ),
             (_, Some(target)) => {
                 let goal = (target.need_disk_bytes, target.need_inodes);
-                self.evict(candidates, tally, Some(goal), Reason::DiskPressure, "images.unused")
+                self.evict(
+                    candidates,
+                    tally,
+                    Some(goal),
+                    Reason::DiskPressure,
+                    "images.unused",
+                )
             }
             (_, None) => {
                 for i in candidates {
                     let image = &self.s.images[i];
-                    self.skip(Kind::Image, &image.id.clone(), image.display_name(), SkipReason::NoPressure);
+                    self.skip(
+                        Kind::Image,
+                        &image.id.clone(),
+                        image.display_name(),
+                        SkipReason::NoPressure,
+                    );
                 }
             }
         }
@@ -818,7 +850,7 @@ impl<'a> Planner<'a> {
         let mut queue = candidates.into_iter();
         loop {
             if reached(freed_disk, freed_inodes) {
-                left.extend(waiting.drain(..));
+                left.append(&mut waiting);
                 left.extend(queue.by_ref());
                 break;
             }
@@ -842,11 +874,21 @@ impl<'a> Planner<'a> {
         for i in waiting {
             let shared_with = self.sharers(i);
             let image = &self.s.images[i];
-            self.skip(Kind::Image, &image.id.clone(), image.display_name(), SkipReason::FreesNothing { shared_with });
+            self.skip(
+                Kind::Image,
+                &image.id.clone(),
+                image.display_name(),
+                SkipReason::FreesNothing { shared_with },
+            );
         }
         for i in left {
             let image = &self.s.images[i];
-            self.skip(Kind::Image, &image.id.clone(), image.display_name(), SkipReason::TargetReached);
+            self.skip(
+                Kind::Image,
+                &image.id.clone(),
+                image.display_name(),
+                SkipReason::TargetReached,
+            );
         }
     }
 
@@ -914,26 +956,36 @@ impl<'a> Planner<'a> {
             } else {
                 self.label_guard(&v.labels).or_else(|| {
                     let created = v.created.unwrap_or(self.now);
-                    self.age_guard(created, after, rule)
-                        .or_else(|| self.age_guard(created, self.policy.keep.min_age, "keep.min_age"))
+                    self.age_guard(created, after, rule).or_else(|| {
+                        self.age_guard(created, self.policy.keep.min_age, "keep.min_age")
+                    })
                 })
             };
+            // Anonymous volumes have 64-digit generated names: show them short, like Docker.
+            let name = match v.kind {
+                VolumeKind::Anonymous => crate::model::short_id(&v.name).to_string(),
+                VolumeKind::Named => v.name.clone(),
+            };
             if let Some(reason) = guard {
-                self.skip(Kind::Volume, &v.name, v.name.clone(), reason);
+                self.skip(Kind::Volume, &v.name, name, reason);
                 continue;
             }
             let bytes = v.bytes.unwrap_or(0);
             self.steps.push(Step {
                 kind: Kind::Volume,
                 id: v.name.clone(),
-                name: v.name.clone(),
+                name,
                 tags: Vec::new(),
                 bytes,
                 disk_bytes: self.disk(crate::graph::estimate_layer_disk_bytes(bytes)),
                 reason,
                 rule: rule.into(),
                 last_used: None,
-                detail: format!("{} volume, driver {}", format!("{:?}", v.kind).to_lowercase(), v.driver),
+                detail: format!(
+                    "{} volume, driver {}",
+                    format!("{:?}", v.kind).to_lowercase(),
+                    v.driver
+                ),
             });
         }
     }
@@ -951,7 +1003,11 @@ impl<'a> Planner<'a> {
                 })
             } else {
                 self.label_guard(&n.labels).or_else(|| {
-                    self.age_guard(n.created.unwrap_or(self.now), self.policy.keep.min_age, "keep.min_age")
+                    self.age_guard(
+                        n.created.unwrap_or(self.now),
+                        self.policy.keep.min_age,
+                        "keep.min_age",
+                    )
                 })
             };
             if let Some(reason) = guard {
@@ -988,7 +1044,12 @@ impl<'a> Planner<'a> {
         }
         if policy.prune == Removal::Keep {
             let rule = "build_cache.prune = \"keep\"".into();
-            self.skip(Kind::BuildCache, "build-cache", "build cache".into(), SkipReason::PolicyKeeps { rule });
+            self.skip(
+                Kind::BuildCache,
+                "build-cache",
+                "build cache".into(),
+                SkipReason::PolicyKeeps { rule },
+            );
             return;
         }
         // Oldest use first, as BuildKit's own pruning goes.
@@ -1007,7 +1068,12 @@ impl<'a> Planner<'a> {
             }
         }
         if count == 0 {
-            self.skip(Kind::BuildCache, "build-cache", "build cache".into(), SkipReason::WithinKeep);
+            self.skip(
+                Kind::BuildCache,
+                "build-cache",
+                "build cache".into(),
+                SkipReason::WithinKeep,
+            );
             return;
         }
         self.steps.push(Step {
@@ -1065,7 +1131,10 @@ impl<'a> Planner<'a> {
 /// (`name` means `name:latest`).
 pub fn find_image(snapshot: &Snapshot, reference: &str) -> Option<usize> {
     let images = &snapshot.images;
-    if let Some(i) = images.iter().position(|i| i.tags.iter().any(|t| t == reference)) {
+    if let Some(i) = images
+        .iter()
+        .position(|i| i.tags.iter().any(|t| t == reference))
+    {
         return Some(i);
     }
     let latest = format!("{reference}:latest");
@@ -1082,10 +1151,11 @@ pub fn find_image(snapshot: &Snapshot, reference: &str) -> Option<usize> {
     if hex.len() < 4 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
-    let mut found = images
-        .iter()
-        .enumerate()
-        .filter(|(_, i)| i.id.strip_prefix("sha256:").unwrap_or(&i.id).starts_with(hex));
+    let mut found = images.iter().enumerate().filter(|(_, i)| {
+        i.id.strip_prefix("sha256:")
+            .unwrap_or(&i.id)
+            .starts_with(hex)
+    });
     match (found.next(), found.next()) {
         (Some((i, _)), None) => Some(i),
         _ => None,

@@ -79,7 +79,7 @@ impl RefPattern {
     pub fn matches_image(&self, image: &Image) -> bool {
         match &self.matcher {
             None if self.source.starts_with("sha256:") => image.id.starts_with(&self.source),
-            None => image.repo_digests.iter().any(|d| *d == self.source),
+            None => image.repo_digests.contains(&self.source),
             Some(m) => image.tags.iter().any(|t| self.matches_tag_with(m, t)),
         }
     }
@@ -391,7 +391,10 @@ mod tests {
 
     #[test]
     fn repository_of_handles_ports() {
-        assert_eq!(repository_of("localhost:5000/a/b:tag"), "localhost:5000/a/b");
+        assert_eq!(
+            repository_of("localhost:5000/a/b:tag"),
+            "localhost:5000/a/b"
+        );
         assert_eq!(repository_of("localhost:5000/a/b"), "localhost:5000/a/b");
         assert_eq!(repository_of("ubuntu:20.04"), "ubuntu");
     }

@@ -145,7 +145,11 @@ pub fn usage(snapshot: &Snapshot, history: &History) -> Usage {
     for v in &snapshot.volumes {
         let bytes = v.bytes.unwrap_or(0);
         volumes.bytes += bytes;
-        if snapshot.containers.iter().any(|c| c.volumes.contains(&v.name)) {
+        if snapshot
+            .containers
+            .iter()
+            .any(|c| c.volumes.contains(&v.name))
+        {
             volumes.active += 1;
             volumes.in_use_bytes += bytes;
         } else if v.kind == VolumeKind::Anonymous {

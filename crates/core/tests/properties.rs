@@ -1,5 +1,7 @@
 //! Property tests of the planner on synthetic populations.
 
+#![allow(clippy::unwrap_used)] // Tests and examples fail loudly by design.
+
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -153,11 +155,25 @@ fn a_base_is_never_untagged_while_its_children_remain() {
     let history = History::backfill(&snapshot);
     let plan = plan(&snapshot, &history, &policy, &request);
     // Everything unused goes, and each base goes only after every child built on it.
-    let order: Vec<&str> = plan.steps.iter().filter(|s| s.kind == Kind::Image).map(|s| s.id.as_str()).collect();
+    let order: Vec<&str> = plan
+        .steps
+        .iter()
+        .filter(|s| s.kind == Kind::Image)
+        .map(|s| s.id.as_str())
+        .collect();
     assert_eq!(order.len(), snapshot.images.len());
-    for (bi, base) in snapshot.images.iter().enumerate().filter(|(_, i)| i.tags.iter().any(|t| t.starts_with("miniconda"))) {
+    for (bi, base) in snapshot
+        .images
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.tags.iter().any(|t| t.starts_with("miniconda")))
+    {
         let base_pos = order.iter().position(|id| *id == base.id).unwrap();
-        for child in snapshot.images.iter().filter(|c| c.layers.len() > base.layers.len() && c.layers.starts_with(&base.layers)) {
+        for child in snapshot
+            .images
+            .iter()
+            .filter(|c| c.layers.len() > base.layers.len() && c.layers.starts_with(&base.layers))
+        {
             let child_pos = order.iter().position(|id| *id == child.id).unwrap();
             assert!(child_pos < base_pos, "base {bi} before child {}", child.id);
         }

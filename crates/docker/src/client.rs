@@ -83,12 +83,16 @@ impl Client {
         };
         let connect = async {
             Ok::<Box<dyn Stream>, Error>(match &self.endpoint.transport {
-                Transport::Unix(path) => {
-                    Box::new(tokio::net::UnixStream::connect(path).await.map_err(unreachable)?)
-                }
-                Transport::Tcp(address) => {
-                    Box::new(tokio::net::TcpStream::connect(address).await.map_err(unreachable)?)
-                }
+                Transport::Unix(path) => Box::new(
+                    tokio::net::UnixStream::connect(path)
+                        .await
+                        .map_err(unreachable)?,
+                ),
+                Transport::Tcp(address) => Box::new(
+                    tokio::net::TcpStream::connect(address)
+                        .await
+                        .map_err(unreachable)?,
+                ),
                 Transport::Tls {
                     address,
                     server_name,
@@ -98,7 +102,9 @@ impl Client {
                         .await
                         .map_err(unreachable)?;
                     let name = rustls_pki_types::ServerName::try_from(server_name.clone())
-                        .map_err(|e| Error::Config(format!("bad TLS server name `{server_name}`: {e}")))?;
+                        .map_err(|e| {
+                            Error::Config(format!("bad TLS server name `{server_name}`: {e}"))
+                        })?;
                     let connector = self.tls.as_ref().ok_or_else(|| {
                         Error::Config("TLS endpoint without TLS configuration".into())
                     })?;
@@ -133,7 +139,10 @@ impl Client {
                 .method(method)
                 .uri(&uri)
                 .header(hyper::header::HOST, "docker")
-                .header(hyper::header::USER_AGENT, concat!("dockgc/", env!("CARGO_PKG_VERSION")));
+                .header(
+                    hyper::header::USER_AGENT,
+                    concat!("dockgc/", env!("CARGO_PKG_VERSION")),
+                );
             if body.is_some() {
                 builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
             }
@@ -206,13 +215,18 @@ fn tls_connector(files: &TlsFiles) -> Result<tokio_rustls::TlsConnector, Error> 
     let read_certs = |path: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, Error> {
         CertificateDer::pem_file_iter(path)
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| Error::Config(format!("cannot read certificates from {}: {e}", path.display())))
+            .map_err(|e| {
+                Error::Config(format!(
+                    "cannot read certificates from {}: {e}",
+                    path.display()
+                ))
+            })
     };
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
     for cert in read_certs(&files.ca)? {
-        roots
-            .add(cert)
-            .map_err(|e| Error::Config(format!("bad CA certificate in {}: {e}", files.ca.display())))?;
+        roots.add(cert).map_err(|e| {
+            Error::Config(format!("bad CA certificate in {}: {e}", files.ca.display()))
+        })?;
     }
     let chain = read_certs(&files.cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.key)

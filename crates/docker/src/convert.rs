@@ -241,7 +241,9 @@ pub struct BuildCacheItem {
 
 /// Parses an RFC 3339 time; Docker's zero time (`0001-01-01T00:00:00Z`) and garbage are `None`.
 pub fn parse_time(text: Option<&str>) -> Option<Timestamp> {
-    let t = chrono::DateTime::parse_from_rfc3339(text?).ok()?.timestamp();
+    let t = chrono::DateTime::parse_from_rfc3339(text?)
+        .ok()?
+        .timestamp();
     (t > 0).then_some(t)
 }
 
@@ -328,8 +330,12 @@ pub fn container_state(state: &str) -> ContainerState {
 /// A container from its list entry and (optionally) its inspect.
 pub fn container(summary: ContainerSummary, inspect: Option<ContainerInspect>) -> Container {
     let state = inspect.and_then(|i| i.state);
-    let started = state.as_ref().and_then(|s| parse_time(s.started_at.as_deref()));
-    let finished = state.as_ref().and_then(|s| parse_time(s.finished_at.as_deref()));
+    let started = state
+        .as_ref()
+        .and_then(|s| parse_time(s.started_at.as_deref()));
+    let finished = state
+        .as_ref()
+        .and_then(|s| parse_time(s.finished_at.as_deref()));
     Container {
         names: summary
             .names
@@ -419,10 +425,7 @@ mod tests {
 
     #[test]
     fn chain_ids_follow_the_spec() {
-        let diffs = vec![
-            "sha256:aaaa".to_string(),
-            "sha256:bbbb".to_string(),
-        ];
+        let diffs = vec!["sha256:aaaa".to_string(), "sha256:bbbb".to_string()];
         let chains = chain_ids(&diffs);
         assert_eq!(chains[0], "sha256:aaaa");
         let expected = Sha256::digest(b"sha256:aaaa sha256:bbbb");
@@ -465,8 +468,14 @@ mod tests {
         };
         // Newest first: CMD (no layer), COPY 30, COPY 20, base 10.
         let history = vec![h(0), h(30), h(20), h(10)];
-        assert_eq!(layer_sizes_from_history(&history, 3), Some(vec![10, 20, 30]));
-        assert_eq!(layer_sizes_from_history(&history, 4), Some(vec![10, 20, 30, 0]));
+        assert_eq!(
+            layer_sizes_from_history(&history, 3),
+            Some(vec![10, 20, 30])
+        );
+        assert_eq!(
+            layer_sizes_from_history(&history, 4),
+            Some(vec![10, 20, 30, 0])
+        );
         assert_eq!(layer_sizes_from_history(&history, 2), None);
     }
 
@@ -476,7 +485,8 @@ mod tests {
             "Created":1764852481,"State":"exited","Status":"Exited (0)","SizeRw":12,"Labels":{},
             "Mounts":[{"Type":"volume","Name":"data","Destination":"/d"},{"Type":"bind","Source":"/x"}],
             "NetworkSettings":{"Networks":{"none":{}}}}"#;
-        let inspect = r#"{"State":{"StartedAt":"2026-12-04T12:48:01Z","FinishedAt":"0001-01-01T00:00:00Z"}}"#;
+        let inspect =
+            r#"{"State":{"StartedAt":"2026-12-04T12:48:01Z","FinishedAt":"0001-01-01T00:00:00Z"}}"#;
         let c = container(
             serde_json::from_str(json).unwrap(),
             Some(serde_json::from_str(inspect).unwrap()),
@@ -493,11 +503,17 @@ mod tests {
     #[test]
     fn anonymous_volumes_by_label_or_generated_name() {
         let item = |name: &str, labels: &str| -> VolumeItem {
-            serde_json::from_str(&format!(r#"{{"Name":"{name}","Driver":"local","Labels":{labels}}}"#)).unwrap()
+            serde_json::from_str(&format!(
+                r#"{{"Name":"{name}","Driver":"local","Labels":{labels}}}"#
+            ))
+            .unwrap()
         };
         let hex = "a".repeat(64);
         assert_eq!(volume(item(&hex, "null"), None).kind, VolumeKind::Anonymous);
-        assert_eq!(volume(item("x", r#"{"com.docker.volume.anonymous":""}"#), None).kind, VolumeKind::Anonymous);
+        assert_eq!(
+            volume(item("x", r#"{"com.docker.volume.anonymous":""}"#), None).kind,
+            VolumeKind::Anonymous
+        );
         assert_eq!(volume(item("data", "{}"), Some(-1)).kind, VolumeKind::Named);
         assert_eq!(volume(item("data", "{}"), Some(-1)).bytes, None);
     }

@@ -107,7 +107,11 @@ impl Environment {
 /// config's `currentContext`, then the default socket.
 pub fn resolve(env: &Environment) -> Result<Endpoint, Error> {
     let tls = env.tls_verify.is_some().then(|| {
-        let dir = env.cert_path.clone().or_else(|| env.config_dir.clone()).unwrap_or_default();
+        let dir = env
+            .cert_path
+            .clone()
+            .or_else(|| env.config_dir.clone())
+            .unwrap_or_default();
         TlsFiles::in_dir(&dir)
     });
     if let Some(host) = &env.host_flag {
@@ -122,7 +126,9 @@ pub fn resolve(env: &Environment) -> Result<Endpoint, Error> {
     };
     if let Some((name, from)) = context.filter(|(n, _)| n != "default") {
         let dir = env.config_dir.as_deref().ok_or_else(|| {
-            Error::Config(format!("context \"{name}\" (from {from}) but no docker config directory"))
+            Error::Config(format!(
+                "context \"{name}\" (from {from}) but no docker config directory"
+            ))
         })?;
         return context_endpoint(dir, &name, from);
     }
@@ -130,12 +136,19 @@ pub fn resolve(env: &Environment) -> Result<Endpoint, Error> {
 }
 
 fn current_context(config_dir: Option<&Path>) -> Result<Option<String>, Error> {
-    let Some(dir) = config_dir else { return Ok(None) };
+    let Some(dir) = config_dir else {
+        return Ok(None);
+    };
     let path = dir.join("config.json");
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::Config(format!("cannot read {}: {e}", path.display()))),
+        Err(e) => {
+            return Err(Error::Config(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )))
+        }
     };
     let value: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::Config(format!("{} is not valid JSON: {e}", path.display())))?;
@@ -148,7 +161,10 @@ fn current_context(config_dir: Option<&Path>) -> Result<Option<String>, Error> {
 
 fn context_endpoint(config_dir: &Path, name: &str, from: &str) -> Result<Endpoint, Error> {
     let hash = hex(&Sha256::digest(name.as_bytes()));
-    let meta_path = config_dir.join("contexts/meta").join(&hash).join("meta.json");
+    let meta_path = config_dir
+        .join("contexts/meta")
+        .join(&hash)
+        .join("meta.json");
     let text = std::fs::read_to_string(&meta_path).map_err(|e| {
         Error::Config(format!(
             "context \"{name}\" (from {from}): cannot read {}: {e}",
@@ -159,11 +175,15 @@ fn context_endpoint(config_dir: &Path, name: &str, from: &str) -> Result<Endpoin
         .map_err(|e| Error::Config(format!("{} is not valid JSON: {e}", meta_path.display())))?;
     let docker = &meta["Endpoints"]["docker"];
     let host = docker["Host"].as_str().ok_or_else(|| {
-        Error::Config(format!("context \"{name}\" has no docker endpoint in {}", meta_path.display()))
+        Error::Config(format!(
+            "context \"{name}\" has no docker endpoint in {}",
+            meta_path.display()
+        ))
     })?;
     let tls_dir = config_dir.join("contexts/tls").join(&hash).join("docker");
-    let tls = (tls_dir.join("ca.pem").exists() && !docker["SkipTLSVerify"].as_bool().unwrap_or(false))
-        .then(|| TlsFiles::in_dir(&tls_dir));
+    let tls = (tls_dir.join("ca.pem").exists()
+        && !docker["SkipTLSVerify"].as_bool().unwrap_or(false))
+    .then(|| TlsFiles::in_dir(&tls_dir));
     parse_host(host, tls, &format!("context \"{name}\""))
 }
 
@@ -176,7 +196,9 @@ pub fn parse_host(host: &str, tls: Option<TlsFiles>, source: &str) -> Result<End
     let source = source.to_string();
     if let Some(path) = host.strip_prefix("unix://") {
         if path.is_empty() {
-            return Err(Error::Config(format!("{source}: `{host}` names no socket path")));
+            return Err(Error::Config(format!(
+                "{source}: `{host}` names no socket path"
+            )));
         }
         return Ok(Endpoint {
             transport: Transport::Unix(PathBuf::from(path)),
@@ -199,11 +221,16 @@ pub fn parse_host(host: &str, tls: Option<TlsFiles>, source: &str) -> Result<End
     };
     let address = rest.trim_end_matches('/');
     if address.is_empty() {
-        return Err(Error::Config(format!("{source}: `{host}` names no address")));
+        return Err(Error::Config(format!(
+            "{source}: `{host}` names no address"
+        )));
     }
     let tls_default = tls.is_some() || host.starts_with("https://");
     let port = if tls_default { 2376 } else { 2375 };
-    let address = if address.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+    let address = if address
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
         address.to_string()
     } else {
         format!("{address}:{port}")

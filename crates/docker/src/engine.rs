@@ -76,12 +76,21 @@ impl Engine {
         let mut client = Client::new(endpoint, timeout)?;
         let ping = client.send(Method::GET, "/_ping", None).await?;
         if !ping.status.is_success() {
-            return Err(Error::from_status(ping.status.as_u16(), "GET /_ping", &ping.body));
+            return Err(Error::from_status(
+                ping.status.as_u16(),
+                "GET /_ping",
+                &ping.body,
+            ));
         }
         let version: VersionInfo = client.get_json("/version").await?;
         let server_api = parse_version(&version.api_version)
             .or_else(|| ping.api_version.as_deref().and_then(parse_version))
-            .ok_or_else(|| Error::Protocol(format!("engine reports no API version ({:?})", version.api_version)))?;
+            .ok_or_else(|| {
+                Error::Protocol(format!(
+                    "engine reports no API version ({:?})",
+                    version.api_version
+                ))
+            })?;
         if server_api < MIN_API {
             return Err(Error::Protocol(format!(
                 "engine API {} is older than the oldest dockgc supports ({}.{})",
@@ -93,7 +102,9 @@ impl Engine {
         client.pin_version(&pinned);
         let info: SystemInfo = client.get_json("/info").await?;
         let host = match &client.endpoint().transport {
-            Transport::Unix(_) => HostRoot::open(&PathBuf::from(&info.docker_root_dir), &info.driver),
+            Transport::Unix(_) => {
+                HostRoot::open(&PathBuf::from(&info.docker_root_dir), &info.driver)
+            }
             _ => None,
         };
         Ok(Self {
@@ -204,7 +215,10 @@ impl Engine {
         let diff_count = inspect.root_fs.layers.as_ref().map_or(0, Vec::len);
         let arrived = self.host.as_ref().and_then(|h| h.image_arrival(&id));
         let mut image = convert::image(inspect, summary.created, arrived);
-        image.metadata_disk_bytes = self.host.as_ref().and_then(|h| h.image_metadata_disk_bytes(&id));
+        image.metadata_disk_bytes = self
+            .host
+            .as_ref()
+            .and_then(|h| h.image_metadata_disk_bytes(&id));
         let host_sizes: Option<Vec<u64>> = self
             .host
             .as_ref()
@@ -255,7 +269,9 @@ impl Engine {
             .map(|r| r.size)
             .collect();
         for layer in layers.iter_mut() {
-            let Some(disk) = host.layer_disk_usage(&layer.chain_id) else { continue };
+            let Some(disk) = host.layer_disk_usage(&layer.chain_id) else {
+                continue;
+            };
             if !disk.made_by_buildkit {
                 continue;
             }
@@ -284,7 +300,10 @@ impl Engine {
                     Err(e) => return Err(e),
                 };
                 let mut c = convert::container(s, inspect);
-                c.disk_bytes = self.host.as_ref().and_then(|h| h.container_disk_bytes(&c.id));
+                c.disk_bytes = self
+                    .host
+                    .as_ref()
+                    .and_then(|h| h.container_disk_bytes(&c.id));
                 Ok(c)
             })
             .buffered(CONCURRENCY)
@@ -329,13 +348,18 @@ impl Engine {
     pub async fn remove_image(&self, id: &str, tags: &[String]) -> Result<Removal, Error> {
         let mut outcome = Removal::AlreadyGone;
         for tag in tags {
-            if self.delete(&format!("/images/{}?force=0&noprune=1", encode(tag))).await?
+            if self
+                .delete(&format!("/images/{}?force=0&noprune=1", encode(tag)))
+                .await?
                 == Removal::Removed
             {
                 outcome = Removal::Removed;
             }
         }
-        match self.delete(&format!("/images/{}?force=0&noprune=1", encode(id))).await? {
+        match self
+            .delete(&format!("/images/{}?force=0&noprune=1", encode(id)))
+            .await?
+        {
             Removal::Removed => Ok(Removal::Removed),
             Removal::AlreadyGone => Ok(outcome),
         }
@@ -343,7 +367,8 @@ impl Engine {
 
     /// Removes a volume (never forced).
     pub async fn remove_volume(&self, name: &str) -> Result<Removal, Error> {
-        self.delete(&format!("/volumes/{}?force=0", encode(name))).await
+        self.delete(&format!("/volumes/{}?force=0", encode(name)))
+            .await
     }
 
     /// Removes a network.
@@ -353,7 +378,11 @@ impl Engine {
 
     /// Prunes BuildKit cache: records unused for `max_age`, then the oldest until at most
     /// `keep_bytes` remain. Returns the bytes the engine reports reclaimed.
-    pub async fn prune_build_cache(&self, keep_bytes: u64, max_age: Duration) -> Result<u64, Error> {
+    pub async fn prune_build_cache(
+        &self,
+        keep_bytes: u64,
+        max_age: Duration,
+    ) -> Result<u64, Error> {
         #[derive(Deserialize)]
         #[serde(rename_all = "PascalCase")]
         struct Pruned {
@@ -364,7 +393,11 @@ impl Engine {
         let by_age: Pruned = serde_json::from_slice(
             &self
                 .client
-                .call(Method::POST, &format!("/build/prune?filters={}", encode(&filters)), None)
+                .call(
+                    Method::POST,
+                    &format!("/build/prune?filters={}", encode(&filters)),
+                    None,
+                )
                 .await?,
         )
         .map_err(|e| Error::Protocol(format!("POST /build/prune: {e}")))?;
@@ -372,7 +405,11 @@ impl Engine {
         let by_size: Pruned = serde_json::from_slice(
             &self
                 .client
-                .call(Method::POST, &format!("/build/prune?keep-storage={keep_bytes}"), None)
+                .call(
+                    Method::POST,
+                    &format!("/build/prune?keep-storage={keep_bytes}"),
+                    None,
+                )
                 .await?,
         )
         .map_err(|e| Error::Protocol(format!("POST /build/prune: {e}")))?;

@@ -56,7 +56,9 @@ pub fn disk_usage(path: &Path) -> DiskUsage {
     let mut stack = vec![path.to_path_buf()];
     let mut seen = std::collections::HashSet::new();
     while let Some(p) = stack.pop() {
-        let Ok(meta) = std::fs::symlink_metadata(&p) else { continue };
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
         if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
             continue;
         }
@@ -147,7 +149,8 @@ impl HostRoot {
             data: disk_usage(&data),
             // The graphdriver names layers it makes with 64 hex digits; BuildKit's snapshotter
             // names its own with shorter keys, and may keep them after the image is gone.
-            made_by_buildkit: !(cache_id.len() == 64 && cache_id.bytes().all(|b| b.is_ascii_hexdigit())),
+            made_by_buildkit: !(cache_id.len() == 64
+                && cache_id.bytes().all(|b| b.is_ascii_hexdigit())),
         };
         self.lock().insert(chain_id.to_string(), usage);
         Some(usage)
@@ -160,14 +163,23 @@ impl HostRoot {
 
     /// When the image's config was written here: its local arrival.
     pub fn image_arrival(&self, image_id: &str) -> Option<Timestamp> {
-        let path = self.image_dir().join("imagedb/content/sha256").join(hex(image_id));
+        let path = self
+            .image_dir()
+            .join("imagedb/content/sha256")
+            .join(hex(image_id));
         std::fs::metadata(path).ok().map(|m| m.mtime())
     }
 
     /// Disk usage of an image's own metadata (config and metadata directory).
     pub fn image_metadata_disk_bytes(&self, image_id: &str) -> Option<u64> {
-        let content = self.image_dir().join("imagedb/content/sha256").join(hex(image_id));
-        let metadata = self.image_dir().join("imagedb/metadata/sha256").join(hex(image_id));
+        let content = self
+            .image_dir()
+            .join("imagedb/content/sha256")
+            .join(hex(image_id));
+        let metadata = self
+            .image_dir()
+            .join("imagedb/metadata/sha256")
+            .join(hex(image_id));
         std::fs::metadata(&content).ok()?;
         Some(disk_usage(&content).bytes + disk_usage(&metadata).bytes)
     }

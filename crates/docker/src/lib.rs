@@ -53,7 +53,11 @@ impl Error {
     pub fn from_status(status: u16, what: &str, body: &[u8]) -> Self {
         let message = serde_json::from_slice::<serde_json::Value>(body)
             .ok()
-            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+            .and_then(|v| {
+                v.get("message")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            })
             .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
         match status {
             404 => Self::NotFound(format!("{what}: {message}")),

@@ -174,13 +174,18 @@ pub fn open_intents(path: &Path) -> Result<Vec<(String, u64)>> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("cannot read the audit file {}", path.display())),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read the audit file {}", path.display()))
+        }
     };
     let mut open: BTreeMap<(String, u64), ()> = BTreeMap::new();
     for line in BufReader::new(file).lines() {
-        let line = line.with_context(|| format!("cannot read the audit file {}", path.display()))?;
+        let line =
+            line.with_context(|| format!("cannot read the audit file {}", path.display()))?;
         // A torn last line (crash mid-write) is not a record.
-        let Ok(record) = serde_json::from_str::<Record>(&line) else { continue };
+        let Ok(record) = serde_json::from_str::<Record>(&line) else {
+            continue;
+        };
         match record.event {
             Event::Intent { .. } => {
                 open.insert((record.run, record.seq), ());
@@ -224,7 +229,15 @@ mod tests {
             disk_bytes: 2,
         };
         audit.write(1, intent("a")).unwrap();
-        audit.write(1, Event::Outcome { outcome: "removed".into(), detail: None }).unwrap();
+        audit
+            .write(
+                1,
+                Event::Outcome {
+                    outcome: "removed".into(),
+                    detail: None,
+                },
+            )
+            .unwrap();
         audit.write(2, intent("b")).unwrap();
         drop(audit);
         assert_eq!(open_intents(&path).unwrap(), vec![("r1".to_string(), 2)]);

@@ -186,7 +186,8 @@ impl Checker<'_> {
             .filter(|k| !k.is_empty());
         let table = lines[..line_no - 1].iter().rev().find_map(|l| {
             let l = l.trim();
-            (l.starts_with('[') && !l.starts_with("[[")).then(|| l.trim_matches(['[', ']', ' ']).to_string())
+            (l.starts_with('[') && !l.starts_with("[["))
+                .then(|| l.trim_matches(['[', ']', ' ']).to_string())
         });
         match (table, key) {
             (Some(t), Some(k)) => Some(format!("{t}.{k}")),
@@ -206,7 +207,10 @@ impl Checker<'_> {
                 .message()
                 .trim()
                 .replace("expected i64", "expected a whole number")
-                .replace("expected a sequence", "expected a list such as [\"a\", \"b\"]"),
+                .replace(
+                    "expected a sequence",
+                    "expected a list such as [\"a\", \"b\"]",
+                ),
         }
     }
 
@@ -227,17 +231,35 @@ impl Checker<'_> {
         allowed: &str,
         parse: impl Fn(&str) -> Option<T>,
     ) -> Result<T, ConfigError> {
-        let Some(field) = field else { return Ok(default) };
+        let Some(field) = field else {
+            return Ok(default);
+        };
         let span = field.span();
         let text = field.into_inner();
-        parse(text.trim()).ok_or_else(|| self.error(span, key, format!("`{text}` is not valid; expected {allowed}")))
+        parse(text.trim()).ok_or_else(|| {
+            self.error(
+                span,
+                key,
+                format!("`{text}` is not valid; expected {allowed}"),
+            )
+        })
     }
 
-    fn duration(&self, field: Field<String>, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+    fn duration(
+        &self,
+        field: Field<String>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
         self.value(field, key, default, DURATION_ALLOWED, parse_duration)
     }
 
-    fn removal(&self, field: Field<String>, key: &str, default: Removal) -> Result<Removal, ConfigError> {
+    fn removal(
+        &self,
+        field: Field<String>,
+        key: &str,
+        default: Removal,
+    ) -> Result<Removal, ConfigError> {
         self.value(field, key, default, "\"remove\" or \"keep\"", |s| match s {
             "remove" => Some(Removal::Remove),
             "keep" => Some(Removal::Keep),
@@ -249,25 +271,57 @@ impl Checker<'_> {
         let d = Policy::default();
         let low_span = raw.disk.low.as_ref().map(|f| f.span());
         let high_span = raw.disk.high.as_ref().map(|f| f.span());
-        let high = self.value(raw.disk.high, "disk.high", d.disk.high, WATERMARK_ALLOWED, parse_watermark)?;
-        let low = self.value(raw.disk.low, "disk.low", d.disk.low, WATERMARK_ALLOWED, parse_watermark)?;
+        let high = self.value(
+            raw.disk.high,
+            "disk.high",
+            d.disk.high,
+            WATERMARK_ALLOWED,
+            parse_watermark,
+        )?;
+        let low = self.value(
+            raw.disk.low,
+            "disk.low",
+            d.disk.low,
+            WATERMARK_ALLOWED,
+            parse_watermark,
+        )?;
         let span = low_span.or(high_span).unwrap_or(0..0);
         match (high, low) {
             (Watermark::UsedPercent(h), Watermark::UsedPercent(l)) if l >= h => {
-                return Err(self.error(span, "disk.low", format!("low ({l}%) must be below high ({h}%)")))
+                return Err(self.error(
+                    span,
+                    "disk.low",
+                    format!("low ({l}%) must be below high ({h}%)"),
+                ))
             }
             (Watermark::FreeBytes(h), Watermark::FreeBytes(l)) if l <= h => {
                 return Err(self.error(
                     span,
                     "disk.low",
-                    format!("low must keep more free than high ({} free <= {} free)", fmt_size(l), fmt_size(h)),
+                    format!(
+                        "low must keep more free than high ({} free <= {} free)",
+                        fmt_size(l),
+                        fmt_size(h)
+                    ),
                 ))
             }
             _ => {}
         }
         let inodes_low_span = raw.disk.inodes_low.as_ref().map(|f| f.span());
-        let inodes_high = self.value(raw.disk.inodes_high, "disk.inodes_high", d.disk.inodes_high, PERCENT_ALLOWED, parse_percent)?;
-        let inodes_low = self.value(raw.disk.inodes_low, "disk.inodes_low", d.disk.inodes_low, PERCENT_ALLOWED, parse_percent)?;
+        let inodes_high = self.value(
+            raw.disk.inodes_high,
+            "disk.inodes_high",
+            d.disk.inodes_high,
+            PERCENT_ALLOWED,
+            parse_percent,
+        )?;
+        let inodes_low = self.value(
+            raw.disk.inodes_low,
+            "disk.inodes_low",
+            d.disk.inodes_low,
+            PERCENT_ALLOWED,
+            parse_percent,
+        )?;
         if inodes_low >= inodes_high {
             return Err(self.error(
                 inodes_low_span.unwrap_or(0..0),
@@ -297,7 +351,11 @@ impl Checker<'_> {
                 .map(|p| {
                     let span = p.span();
                     LabelPattern::new(p.get_ref()).map_err(|e| {
-                        self.error(span, "keep.labels", format!("{e}; expected \"key\" or \"key=value\""))
+                        self.error(
+                            span,
+                            "keep.labels",
+                            format!("{e}; expected \"key\" or \"key=value\""),
+                        )
                     })
                 })
                 .collect::<Result<_, _>>()?,
@@ -307,7 +365,15 @@ impl Checker<'_> {
             Some(n) => {
                 let span = n.span();
                 u32::try_from(*n.get_ref()).map_err(|_| {
-                    self.error(span, "keep.per_repository", format!("`{}` is not valid; expected a whole number from 0 to {}", n.get_ref(), u32::MAX))
+                    self.error(
+                        span,
+                        "keep.per_repository",
+                        format!(
+                            "`{}` is not valid; expected a whole number from 0 to {}",
+                            n.get_ref(),
+                            u32::MAX
+                        ),
+                    )
                 })?
             }
         };
@@ -327,29 +393,77 @@ impl Checker<'_> {
                 per_repository,
             },
             containers: dockgc_core::policy::ContainerPolicy {
-                stopped: self.removal(raw.containers.stopped, "containers.stopped", d.containers.stopped)?,
-                stopped_after: self.duration(raw.containers.stopped_after, "containers.stopped_after", d.containers.stopped_after)?,
+                stopped: self.removal(
+                    raw.containers.stopped,
+                    "containers.stopped",
+                    d.containers.stopped,
+                )?,
+                stopped_after: self.duration(
+                    raw.containers.stopped_after,
+                    "containers.stopped_after",
+                    d.containers.stopped_after,
+                )?,
             },
             images: dockgc_core::policy::ImagePolicy {
-                dangling: self.removal(raw.images.dangling, "images.dangling", d.images.dangling)?,
-                dangling_after: self.duration(raw.images.dangling_after, "images.dangling_after", d.images.dangling_after)?,
-                unused: self.value(raw.images.unused, "images.unused", d.images.unused, "\"lru\", \"remove\" or \"keep\"", |s| match s {
-                    "lru" => Some(UnusedImages::Lru),
-                    "remove" => Some(UnusedImages::Remove),
-                    "keep" => Some(UnusedImages::Keep),
-                    _ => None,
-                })?,
+                dangling: self.removal(
+                    raw.images.dangling,
+                    "images.dangling",
+                    d.images.dangling,
+                )?,
+                dangling_after: self.duration(
+                    raw.images.dangling_after,
+                    "images.dangling_after",
+                    d.images.dangling_after,
+                )?,
+                unused: self.value(
+                    raw.images.unused,
+                    "images.unused",
+                    d.images.unused,
+                    "\"lru\", \"remove\" or \"keep\"",
+                    |s| match s {
+                        "lru" => Some(UnusedImages::Lru),
+                        "remove" => Some(UnusedImages::Remove),
+                        "keep" => Some(UnusedImages::Keep),
+                        _ => None,
+                    },
+                )?,
             },
             volumes: dockgc_core::policy::VolumePolicy {
-                anonymous: self.removal(raw.volumes.anonymous, "volumes.anonymous", d.volumes.anonymous)?,
-                anonymous_after: self.duration(raw.volumes.anonymous_after, "volumes.anonymous_after", d.volumes.anonymous_after)?,
+                anonymous: self.removal(
+                    raw.volumes.anonymous,
+                    "volumes.anonymous",
+                    d.volumes.anonymous,
+                )?,
+                anonymous_after: self.duration(
+                    raw.volumes.anonymous_after,
+                    "volumes.anonymous_after",
+                    d.volumes.anonymous_after,
+                )?,
                 named: self.removal(raw.volumes.named, "volumes.named", d.volumes.named)?,
-                named_after: self.duration(raw.volumes.named_after, "volumes.named_after", d.volumes.named_after)?,
+                named_after: self.duration(
+                    raw.volumes.named_after,
+                    "volumes.named_after",
+                    d.volumes.named_after,
+                )?,
             },
             build_cache: dockgc_core::policy::BuildCachePolicy {
-                prune: self.removal(raw.build_cache.prune, "build_cache.prune", d.build_cache.prune)?,
-                keep_bytes: self.value(raw.build_cache.keep, "build_cache.keep", d.build_cache.keep_bytes, SIZE_ALLOWED, parse_size)?,
-                max_age: self.duration(raw.build_cache.max_age, "build_cache.max_age", d.build_cache.max_age)?,
+                prune: self.removal(
+                    raw.build_cache.prune,
+                    "build_cache.prune",
+                    d.build_cache.prune,
+                )?,
+                keep_bytes: self.value(
+                    raw.build_cache.keep,
+                    "build_cache.keep",
+                    d.build_cache.keep_bytes,
+                    SIZE_ALLOWED,
+                    parse_size,
+                )?,
+                max_age: self.duration(
+                    raw.build_cache.max_age,
+                    "build_cache.max_age",
+                    d.build_cache.max_age,
+                )?,
             },
             networks: dockgc_core::policy::NetworkPolicy {
                 unused: self.removal(raw.networks.unused, "networks.unused", d.networks.unused)?,
@@ -458,14 +572,30 @@ mod tests {
     #[test]
     fn malformed_values_name_key_line_and_allowed() {
         let cases = [
-            ("[build_cache]\nkeep = \"12XB\"\n", "build_cache.keep", "units"),
+            (
+                "[build_cache]\nkeep = \"12XB\"\n",
+                "build_cache.keep",
+                "units",
+            ),
             ("[keep]\nrecent = \"soon\"\n", "keep.recent", "duration"),
             ("[disk]\nhigh = \"185%\"\n", "disk.high", "percentage"),
             ("[keep]\nimages = [\"ok\", \"a[\"]\n", "keep.images", "glob"),
             ("[keep]\nlabels = [\"=x\"]\n", "keep.labels", "key=value"),
-            ("[images]\nunused = \"sometimes\"\n", "images.unused", "\"lru\""),
-            ("[keep]\nper_repository = -1\n", "keep.per_repository", "whole number"),
-            ("[keep]\nper_repository = \"two\"\n", "keep.per_repository", "whole number"),
+            (
+                "[images]\nunused = \"sometimes\"\n",
+                "images.unused",
+                "\"lru\"",
+            ),
+            (
+                "[keep]\nper_repository = -1\n",
+                "keep.per_repository",
+                "whole number",
+            ),
+            (
+                "[keep]\nper_repository = \"two\"\n",
+                "keep.per_repository",
+                "whole number",
+            ),
             ("[keep]\nimages = \"ubuntu\"\n", "keep.images", "list"),
         ];
         for (text, key, allowed) in cases {
@@ -497,6 +627,9 @@ mod tests {
         assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604_800)));
         assert_eq!(parse_duration("7"), None);
         assert_eq!(parse_duration("h"), None);
-        assert_eq!(parse_watermark("20GB free"), Some(Watermark::FreeBytes(20_000_000_000)));
+        assert_eq!(
+            parse_watermark("20GB free"),
+            Some(Watermark::FreeBytes(20_000_000_000))
+        );
     }
 }

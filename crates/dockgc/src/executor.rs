@@ -153,13 +153,19 @@ impl Executor<'_> {
         let mut pending: VecDeque<Step> = steps.iter().cloned().collect();
         while !pending.is_empty() {
             if report.aborted.is_some() {
-                self.leave(pending.make_contiguous(), Outcome::NotRun, "run aborted", report);
+                self.leave(
+                    pending.make_contiguous(),
+                    Outcome::NotRun,
+                    "run aborted",
+                    report,
+                );
                 break;
             }
             if let (Some(target), Some(fs)) = (target_used, self.measure()) {
                 if fs.used_bytes <= target {
-                    let (optional, rest): (Vec<Step>, Vec<Step>) =
-                        pending.into_iter().partition(|s| s.reason == Reason::DiskPressure);
+                    let (optional, rest): (Vec<Step>, Vec<Step>) = pending
+                        .into_iter()
+                        .partition(|s| s.reason == Reason::DiskPressure);
                     self.leave(&optional, Outcome::NotNeeded, "target reached", report);
                     pending = rest.into();
                     target_used = None;
@@ -201,16 +207,20 @@ impl Executor<'_> {
             if s.kind != pending[0].kind {
                 break;
             }
-            if self.limits.max_deletions.is_some_and(|m| self.deletions + n >= m) {
+            if self
+                .limits
+                .max_deletions
+                .is_some_and(|m| self.deletions + n >= m)
+            {
                 break;
             }
             if self.limits.max_bytes.is_some_and(|m| bytes + s.bytes > m) {
                 break;
             }
             if s.kind == Kind::Image
-                && pending[..n]
-                    .iter()
-                    .any(|p| is_ancestor(snapshot, &s.id, &p.id) || is_ancestor(snapshot, &p.id, &s.id))
+                && pending[..n].iter().any(|p| {
+                    is_ancestor(snapshot, &s.id, &p.id) || is_ancestor(snapshot, &p.id, &s.id)
+                })
             {
                 break;
             }
@@ -243,7 +253,13 @@ impl Executor<'_> {
                 // Without fresh facts nothing in this chunk may be deleted.
                 let why = e.to_string();
                 for (i, step) in chunk.iter().enumerate() {
-                    self.finish(first_seq + 1 + i as u64, step, Outcome::Failed, Some(why.clone()), report)?;
+                    self.finish(
+                        first_seq + 1 + i as u64,
+                        step,
+                        Outcome::Failed,
+                        Some(why.clone()),
+                        report,
+                    )?;
                 }
                 report.aborted = Some(why);
                 return Ok(());
@@ -264,7 +280,14 @@ impl Executor<'_> {
         Ok(())
     }
 
-    fn finish(&mut self, seq: u64, step: &Step, outcome: Outcome, detail: Option<String>, report: &mut Report) -> Result<()> {
+    fn finish(
+        &mut self,
+        seq: u64,
+        step: &Step,
+        outcome: Outcome,
+        detail: Option<String>,
+        report: &mut Report,
+    ) -> Result<()> {
         self.audit.write(
             seq,
             Event::Outcome {
@@ -282,7 +305,11 @@ impl Executor<'_> {
 
     /// Re-checks and deletes one step. Returns the outcome, its detail, and an abort reason
     /// when the engine became unreachable.
-    async fn attempt(&self, step: &Step, containers: &[Container]) -> (Outcome, Option<String>, Option<String>) {
+    async fn attempt(
+        &self,
+        step: &Step,
+        containers: &[Container],
+    ) -> (Outcome, Option<String>, Option<String>) {
         if let Err(why) = self.recheck(step, containers).await {
             return why;
         }
@@ -293,15 +320,24 @@ impl Executor<'_> {
             Kind::Network => self.engine.remove_network(&step.id).await,
             Kind::BuildCache => self
                 .engine
-                .prune_build_cache(self.policy.build_cache.keep_bytes, self.policy.build_cache.max_age)
+                .prune_build_cache(
+                    self.policy.build_cache.keep_bytes,
+                    self.policy.build_cache.max_age,
+                )
                 .await
                 .map(|_| Removal::Removed),
         };
         match result {
             Ok(Removal::Removed) => (Outcome::Removed, None, None),
             Ok(Removal::AlreadyGone) => (Outcome::AlreadyGone, None, None),
-            Err(Error::Conflict(m)) => (Outcome::Skipped, Some(format!("engine refused (in use): {m}")), None),
-            Err(e @ Error::Unreachable { .. }) => (Outcome::Failed, Some(e.to_string()), Some(e.to_string())),
+            Err(Error::Conflict(m)) => (
+                Outcome::Skipped,
+                Some(format!("engine refused (in use): {m}")),
+                None,
+            ),
+            Err(e @ Error::Unreachable { .. }) => {
+                (Outcome::Failed, Some(e.to_string()), Some(e.to_string()))
+            }
             Err(e) => (Outcome::Failed, Some(e.to_string()), None),
         }
     }
@@ -339,12 +375,28 @@ impl Executor<'_> {
                     .or_else(|why| skip(format!("re-check: {why}")))
             }
             Kind::Volume => {
-                let users: Vec<_> = containers.iter().filter(|c| c.volumes.contains(&step.id)).map(|c| c.display_name()).collect();
-                if users.is_empty() { Ok(()) } else { skip(format!("in use by {}", users.join(", "))) }
+                let users: Vec<_> = containers
+                    .iter()
+                    .filter(|c| c.volumes.contains(&step.id))
+                    .map(|c| c.display_name())
+                    .collect();
+                if users.is_empty() {
+                    Ok(())
+                } else {
+                    skip(format!("in use by {}", users.join(", ")))
+                }
             }
             Kind::Network => {
-                let users: Vec<_> = containers.iter().filter(|c| c.networks.contains(&step.name)).map(|c| c.display_name()).collect();
-                if users.is_empty() { Ok(()) } else { skip(format!("in use by {}", users.join(", "))) }
+                let users: Vec<_> = containers
+                    .iter()
+                    .filter(|c| c.networks.contains(&step.name))
+                    .map(|c| c.display_name())
+                    .collect();
+                if users.is_empty() {
+                    Ok(())
+                } else {
+                    skip(format!("in use by {}", users.join(", ")))
+                }
             }
             Kind::BuildCache => Ok(()),
         }
@@ -358,4 +410,3 @@ fn push(report: &mut Report, step: &Step, outcome: Outcome, detail: Option<Strin
         detail,
     });
 }
-

@@ -112,7 +112,8 @@ async fn run(cli: Cli) -> Result<Exit> {
             let (policy, _) = config::load(cli.config.as_deref())?;
             let request = request(goal)?;
             let snapshot = world(&cli, source).await?;
-            let plan = dockgc_core::plan(&snapshot, &History::backfill(&snapshot), &policy, &request);
+            let plan =
+                dockgc_core::plan(&snapshot, &History::backfill(&snapshot), &policy, &request);
             match format {
                 Format::Json => println!("{}", to_json(&plan)?),
                 Format::Table => print!("{}", output::plan_table(&plan, &policy, *show_skipped)),
@@ -132,7 +133,8 @@ async fn run(cli: Cli) -> Result<Exit> {
             let request = request(goal)?;
             let snapshot = world(&cli, source).await?;
             let history = History::backfill(&snapshot);
-            let Some(e) = dockgc_core::explain(&snapshot, &history, &policy, &request, reference) else {
+            let Some(e) = dockgc_core::explain(&snapshot, &history, &policy, &request, reference)
+            else {
                 bail!("no image, container, volume or network matches `{reference}`");
             };
             match format {
@@ -195,8 +197,9 @@ fn request(goal: &GoalArgs) -> Result<Request> {
         request.goal = dockgc_core::Goal::FreeBytes(bytes);
     }
     if let Some(target) = &goal.target_usage {
-        let percent = config::parse_percent(target)
-            .with_context(|| format!("--target-usage `{target}`: expected a percentage such as 70%"))?;
+        let percent = config::parse_percent(target).with_context(|| {
+            format!("--target-usage `{target}`: expected a percentage such as 70%")
+        })?;
         request.goal = dockgc_core::Goal::UsedPercent(percent);
     }
     if !goal.images.is_empty() {
@@ -239,7 +242,17 @@ async fn prune(cli: &Cli, args: &PruneArgs) -> Result<Exit> {
     if plan.steps.is_empty() {
         if !table {
             let report = Report::default();
-            println!("{}", to_json(&PruneOutput { version: 1, plan: &plan, report: &report, freed_disk_bytes: Some(0), filesystem_after: engine.filesystem(), exit_code: 0 })?);
+            println!(
+                "{}",
+                to_json(&PruneOutput {
+                    version: 1,
+                    plan: &plan,
+                    report: &report,
+                    freed_disk_bytes: Some(0),
+                    filesystem_after: engine.filesystem(),
+                    exit_code: 0
+                })?
+            );
         }
         return Ok(match plan.target_status {
             TargetStatus::Unreachable { .. } => Exit::TargetNotReached,
@@ -252,20 +265,32 @@ async fn prune(cli: &Cli, args: &PruneArgs) -> Result<Exit> {
     }
 
     let audit_path = args.audit_file.clone().unwrap_or_else(audit::default_path);
-    let run_id = format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), std::process::id());
+    let run_id = format!(
+        "{}-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
+        std::process::id()
+    );
     let (mut audit, closed) = audit::Audit::open(&audit_path, run_id)?;
     if closed > 0 {
-        eprintln!("dockgc: closed {closed} intent(s) of an interrupted run in {}", audit_path.display());
+        eprintln!(
+            "dockgc: closed {closed} intent(s) of an interrupted run in {}",
+            audit_path.display()
+        );
     }
     let before = engine.filesystem();
-    audit.write(0, audit::Event::RunStart {
-        steps: plan.steps.len(),
-        planned_bytes: plan.reclaim_bytes,
-        planned_disk_bytes: plan.reclaim_disk_bytes,
-    })?;
+    audit.write(
+        0,
+        audit::Event::RunStart {
+            steps: plan.steps.len(),
+            planned_bytes: plan.reclaim_bytes,
+            planned_disk_bytes: plan.reclaim_disk_bytes,
+        },
+    )?;
     let progress = (table && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(plan.steps.len() as u64);
-        if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {wide_msg}") {
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {wide_msg}")
+        {
             bar.set_style(style);
         }
         bar
@@ -286,7 +311,9 @@ async fn prune(cli: &Cli, args: &PruneArgs) -> Result<Exit> {
         bytes: 0,
     };
     let mut report = Report::default();
-    executor.run(&plan.steps, &snapshot, target_used, &mut report).await?;
+    executor
+        .run(&plan.steps, &snapshot, target_used, &mut report)
+        .await?;
 
     // An optimistic estimate must not leave the disk above the target: plan again from
     // fresh facts, with estimates corrected by what was really freed, and go on.
@@ -300,7 +327,8 @@ async fn prune(cli: &Cli, args: &PruneArgs) -> Result<Exit> {
         }
         let correction = match (before, report.removed_disk_bytes()) {
             (Some(b), predicted) if predicted > 0 => {
-                (b.used_bytes.saturating_sub(fs.used_bytes) as f64 / predicted as f64).clamp(0.25, 1.0)
+                (b.used_bytes.saturating_sub(fs.used_bytes) as f64 / predicted as f64)
+                    .clamp(0.25, 1.0)
             }
             _ => 1.0,
         };
@@ -309,7 +337,10 @@ async fn prune(cli: &Cli, args: &PruneArgs) -> Result<Exit> {
             &snapshot,
             &History::backfill(&snapshot),
             &policy,
-            &Request { disk_correction: correction, ..request.clone() },
+            &Request {
+                disk_correction: correction,
+                ..request.clone()
+            },
         );
         if again.steps.is_empty() {
             break;
@@ -317,8 +348,14 @@ async fn prune(cli: &Cli, args: &PruneArgs) -> Result<Exit> {
         if let Some(p) = &progress {
             p.inc_length(again.steps.len() as u64);
         }
-        let round_target = again.target.as_ref().and_then(|t| t.used_bytes).or(Some(target));
-        executor.run(&again.steps, &snapshot, round_target, &mut report).await?;
+        let round_target = again
+            .target
+            .as_ref()
+            .and_then(|t| t.used_bytes)
+            .or(Some(target));
+        executor
+            .run(&again.steps, &snapshot, round_target, &mut report)
+            .await?;
         if report.count(Outcome::Removed) == removed_before {
             break;
         }
@@ -328,7 +365,9 @@ async fn prune(cli: &Cli, args: &PruneArgs) -> Result<Exit> {
         p.finish_and_clear();
     }
     let after = engine.filesystem();
-    let freed_disk = before.zip(after).map(|(b, a)| b.used_bytes.saturating_sub(a.used_bytes));
+    let freed_disk = before
+        .zip(after)
+        .map(|(b, a)| b.used_bytes.saturating_sub(a.used_bytes));
     let failed = report.count(Outcome::Failed);
     let target_missed = match (target_used, after) {
         (Some(t), Some(a)) => a.used_bytes > t,
@@ -341,22 +380,46 @@ async fn prune(cli: &Cli, args: &PruneArgs) -> Result<Exit> {
     } else {
         Exit::Done
     };
-    audit.write(0, audit::Event::RunEnd {
-        removed: report.count(Outcome::Removed),
-        freed_disk_bytes: freed_disk,
-        status: format!("{exit:?}").to_lowercase(),
-    })?;
+    audit.write(
+        0,
+        audit::Event::RunEnd {
+            removed: report.count(Outcome::Removed),
+            freed_disk_bytes: freed_disk,
+            status: format!("{exit:?}").to_lowercase(),
+        },
+    )?;
 
     if table {
-        print!("{}", report_text(&report, freed_disk, after.as_ref(), &policy));
+        print!(
+            "{}",
+            report_text(&report, freed_disk, after.as_ref(), &policy)
+        );
     } else {
-        let code = match exit { Exit::Done => 0, Exit::TargetNotReached => 1, Exit::Error => 2 };
-        println!("{}", to_json(&PruneOutput { version: 1, plan: &plan, report: &report, freed_disk_bytes: freed_disk, filesystem_after: after, exit_code: code })?);
+        let code = match exit {
+            Exit::Done => 0,
+            Exit::TargetNotReached => 1,
+            Exit::Error => 2,
+        };
+        println!(
+            "{}",
+            to_json(&PruneOutput {
+                version: 1,
+                plan: &plan,
+                report: &report,
+                freed_disk_bytes: freed_disk,
+                filesystem_after: after,
+                exit_code: code
+            })?
+        );
     }
     if let Some(why) = &report.aborted {
         eprintln!("dockgc: error: run aborted: {why}");
     }
-    for r in report.results.iter().filter(|r| r.outcome == Outcome::Failed) {
+    for r in report
+        .results
+        .iter()
+        .filter(|r| r.outcome == Outcome::Failed)
+    {
         eprintln!(
             "dockgc: error: deleting {} {} failed: {}",
             r.step.kind,
@@ -373,10 +436,18 @@ async fn prune(cli: &Cli, args: &PruneArgs) -> Result<Exit> {
 fn read_plan(path: &Path) -> Result<Plan> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the plan {}", path.display()))?;
-    let plan: Plan = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a dockgc plan (from `dockgc plan --format json`)", path.display()))?;
+    let plan: Plan = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a dockgc plan (from `dockgc plan --format json`)",
+            path.display()
+        )
+    })?;
     if plan.version != PLAN_VERSION {
-        bail!("{} is a version {} plan; this dockgc executes version {PLAN_VERSION}", path.display(), plan.version);
+        bail!(
+            "{} is a version {} plan; this dockgc executes version {PLAN_VERSION}",
+            path.display(),
+            plan.version
+        );
     }
     Ok(plan)
 }
@@ -392,7 +463,9 @@ fn confirm(plan: &Plan) -> Result<bool> {
     );
     std::io::stderr().flush().ok();
     let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer).context("reading the confirmation")?;
+    std::io::stdin()
+        .read_line(&mut answer)
+        .context("reading the confirmation")?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES"))
 }
 
@@ -415,12 +488,30 @@ fn report_text(
     .into_iter()
     .filter_map(|o| {
         let n = report.count(o.clone());
-        (n > 0).then(|| format!("{n} {}", serde_json::to_value(&o).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()))
+        (n > 0).then(|| {
+            format!(
+                "{n} {}",
+                serde_json::to_value(&o)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            )
+        })
     })
     .collect();
     let _ = writeln!(out, "Done: {}", counts.join(", "));
-    for r in report.results.iter().filter(|r| r.outcome == Outcome::Skipped) {
-        let _ = writeln!(out, "  skipped {} {}: {}", r.step.kind, r.step.name, r.detail.as_deref().unwrap_or(""));
+    for r in report
+        .results
+        .iter()
+        .filter(|r| r.outcome == Outcome::Skipped)
+    {
+        let _ = writeln!(
+            out,
+            "  skipped {} {}: {}",
+            r.step.kind,
+            r.step.name,
+            r.detail.as_deref().unwrap_or("")
+        );
     }
     let _ = write!(
         out,

@@ -12,7 +12,7 @@ use dockgc_core::{Explanation, Usage, Verdict};
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(NOTHING);
-    t.set_header(header.iter().map(|h| Cell::new(h)));
+    t.set_header(header.iter().map(Cell::new));
     t
 }
 
@@ -55,7 +55,12 @@ pub fn plan_table(plan: &Plan, policy: &Policy, show_skipped: bool) -> String {
     let _ = writeln!(out, "{}", disk_line(plan.filesystem.as_ref(), policy));
     match (&plan.target, plan.target_status) {
         (Some(t), TargetStatus::Reached) => {
-            let _ = writeln!(out, "Target: {} (free {}): reached", t.rule, format_bytes(t.need_disk_bytes));
+            let _ = writeln!(
+                out,
+                "Target: {} (free {}): reached",
+                t.rule,
+                format_bytes(t.need_disk_bytes)
+            );
         }
         (Some(t), TargetStatus::Unreachable { short_disk_bytes }) => {
             let _ = writeln!(
@@ -98,7 +103,12 @@ pub fn plan_table(plan: &Plan, policy: &Policy, show_skipped: bool) -> String {
         format_bytes(plan.reclaim_disk_bytes)
     );
     if let Some(p) = &plan.projected {
-        let _ = write!(out, "; after: {:.1}% used, {} free", p.used_percent, format_bytes(p.available_bytes));
+        let _ = write!(
+            out,
+            "; after: {:.1}% used, {} free",
+            p.used_percent,
+            format_bytes(p.available_bytes)
+        );
     }
     out.push('\n');
     if show_skipped {
@@ -106,13 +116,21 @@ pub fn plan_table(plan: &Plan, policy: &Policy, show_skipped: bool) -> String {
             out.push_str("\nLeft alone:\n");
             let mut t = table(&["KIND", "NAME", "WHY"]);
             for s in &plan.skipped {
-                t.add_row(vec![s.kind.to_string(), s.name.clone(), s.reason.to_string()]);
+                t.add_row(vec![
+                    s.kind.to_string(),
+                    s.name.clone(),
+                    s.reason.to_string(),
+                ]);
             }
             out.push_str(&trimmed(&t));
             out.push('\n');
         }
     } else if !plan.skipped.is_empty() {
-        let _ = writeln!(out, "Left alone: {} candidate(s) (--show-skipped lists them with why)", plan.skipped.len());
+        let _ = writeln!(
+            out,
+            "Left alone: {} candidate(s) (--show-skipped lists them with why)",
+            plan.skipped.len()
+        );
     }
     out
 }
@@ -148,7 +166,15 @@ pub fn usage_table(usage: &Usage, policy: &Policy, verbose: bool) -> String {
     out.push_str("\nImage bytes count shared layers once; reclaimable counts layers shared only among unused images.\n");
     if verbose {
         out.push_str("\nImages:\n");
-        let mut t = table(&["IMAGE", "ID", "SIZE", "UNIQUE", "SHARED", "LAST USED", "CONTAINERS"]);
+        let mut t = table(&[
+            "IMAGE",
+            "ID",
+            "SIZE",
+            "UNIQUE",
+            "SHARED",
+            "LAST USED",
+            "CONTAINERS",
+        ]);
         for i in &usage.image_details {
             t.add_row(vec![
                 i.tags.first().cloned().unwrap_or_else(|| "<none>".into()),

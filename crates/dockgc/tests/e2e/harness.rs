@@ -15,13 +15,18 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Op
         if let Some(v) = check() {
             return v;
         }
-        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}{}",
@@ -73,7 +78,10 @@ impl PrivateEngine {
         file.set_len(disk_mb << 20).unwrap();
         drop(file);
         run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
-        run(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&root));
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&root));
         let socket = dir.path().join("d.sock");
         let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
         let child = Command::new("/usr/sbin/dockerd")
@@ -98,13 +106,17 @@ impl PrivateEngine {
             socket,
             child: Some(child),
         };
-        wait_for("the private dockerd to answer", Duration::from_secs(60), || {
-            engine
-                .docker_output(&["version", "--format", "{{.Server.APIVersion}}"])
-                .status
-                .success()
-                .then_some(())
-        });
+        wait_for(
+            "the private dockerd to answer",
+            Duration::from_secs(60),
+            || {
+                engine
+                    .docker_output(&["version", "--format", "{{.Server.APIVersion}}"])
+                    .status
+                    .success()
+                    .then_some(())
+            },
+        );
         engine
     }
 
@@ -166,15 +178,22 @@ impl PrivateEngine {
 
     /// `LayersSize` of `/system/df`.
     pub fn layers_size(&self) -> u64 {
-        self.api("/system/df")["LayersSize"].as_u64().expect("LayersSize")
+        self.api("/system/df")["LayersSize"]
+            .as_u64()
+            .expect("LayersSize")
     }
 
     /// Used bytes of the data root's filesystem (after a sync), as statvfs says.
     pub fn used_bytes(&self) -> u64 {
         run(Command::new("sync").arg("-f").arg(&self.root));
-        let out = run(Command::new("stat").args(["-f", "-c", "%b %f %S"]).arg(&self.root));
+        let out = run(Command::new("stat")
+            .args(["-f", "-c", "%b %f %S"])
+            .arg(&self.root));
         let text = String::from_utf8_lossy(&out.stdout);
-        let n: Vec<u64> = text.split_whitespace().map(|v| v.parse().unwrap()).collect();
+        let n: Vec<u64> = text
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect();
         (n[0] - n[1]) * n[2]
     }
 
@@ -203,7 +222,10 @@ impl Drop for PrivateEngine {
     fn drop(&mut self) {
         self.stop();
         for _ in 0..50 {
-            let ok = Command::new("umount").arg(&self.root).status().is_ok_and(|s| s.success());
+            let ok = Command::new("umount")
+                .arg(&self.root)
+                .status()
+                .is_ok_and(|s| s.success());
             if ok || !is_mounted(&self.root) {
                 break;
             }
@@ -217,7 +239,10 @@ impl Drop for PrivateEngine {
 
 fn is_mounted(path: &Path) -> bool {
     std::fs::read_to_string("/proc/self/mounts")
-        .map(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some(&*path.to_string_lossy())))
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(&*path.to_string_lossy()))
+        })
         .unwrap_or(false)
 }
 

@@ -1,6 +1,9 @@
 //! End-to-end tests on a private `dockerd` per test, on a small loop-mounted disk.
 //! They need root and Debian's docker.io; `.ci/run` provides both.
 
+#![allow(clippy::unwrap_used)] // Tests and examples fail loudly by design.
+
+mod archive;
 mod fixtures;
 mod harness;
 
@@ -23,9 +26,8 @@ fn stderr(out: &Output) -> String {
 }
 
 fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("not JSON ({e}): {}\nstderr: {}", stdout(out), stderr(out))
-    })
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", stdout(out), stderr(out)))
 }
 
 fn write_config(engine: &PrivateEngine, text: &str) -> String {
@@ -54,20 +56,32 @@ fn image_ids(engine: &PrivateEngine) -> HashSet<String> {
 }
 
 fn exists(engine: &PrivateEngine, what: &str, name: &str) -> bool {
-    engine.docker_output(&[what, "inspect", name]).status.success()
+    engine
+        .docker_output(&[what, "inspect", name])
+        .status
+        .success()
 }
 
 /// Everything that must survive any prune of the population.
 fn assert_safe(engine: &PrivateEngine, pop: &Population, protected_refs: &[&str]) {
     for c in &pop.running {
-        assert!(exists(engine, "container", c), "running container {c} is gone");
+        assert!(
+            exists(engine, "container", c),
+            "running container {c} is gone"
+        );
         let image = engine.docker(&["inspect", "-f", "{{.Image}}", c]);
-        assert!(exists(engine, "image", &image), "image of running {c} is gone");
+        assert!(
+            exists(engine, "image", &image),
+            "image of running {c} is gone"
+        );
     }
     for r in protected_refs {
         assert!(exists(engine, "image", r), "protected image {r} is gone");
     }
-    assert!(exists(engine, "image", &pop.labelled), "labelled image is gone");
+    assert!(
+        exists(engine, "image", &pop.labelled),
+        "labelled image is gone"
+    );
     for v in [&pop.named_in_use, &pop.named_unused] {
         assert!(exists(engine, "volume", v), "named volume {v} is gone");
     }
@@ -79,7 +93,10 @@ fn unused_image_ids(engine: &PrivateEngine) -> Vec<String> {
         .lines()
         .map(|id| engine.docker(&["inspect", "-f", "{{.Image}}", id]))
         .collect();
-    let mut ids: Vec<String> = image_ids(engine).into_iter().filter(|i| !used.contains(i)).collect();
+    let mut ids: Vec<String> = image_ids(engine)
+        .into_iter()
+        .filter(|i| !used.contains(i))
+        .collect();
     ids.sort();
     ids
 }
@@ -91,8 +108,17 @@ fn check_subset(engine: &PrivateEngine, config: &str, subset: &[String]) {
     }
     let plan = json(&engine.dockgc(&args));
     let steps = plan["steps"].as_array().unwrap();
-    let exempt: Vec<&str> = plan["skipped"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(steps.len(), subset.len(), "every unused image is planned; skipped: {exempt:?}");
+    let exempt: Vec<&str> = plan["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps.len(),
+        subset.len(),
+        "every unused image is planned; skipped: {exempt:?}"
+    );
     let predicted = plan["reclaim_bytes"].as_u64().unwrap();
     let predicted_disk = plan["reclaim_disk_bytes"].as_u64().unwrap();
     let layers_before = engine.layers_size();
@@ -103,7 +129,10 @@ fn check_subset(engine: &PrivateEngine, config: &str, subset: &[String]) {
     assert!(out.status.success(), "prune failed: {}", stderr(&out));
     let freed = layers_before - engine.layers_size();
     let freed_disk = used_before.saturating_sub(engine.used_bytes());
-    assert_eq!(freed, predicted, "LayersSize dropped by {freed}, plan predicted {predicted}");
+    assert_eq!(
+        freed, predicted,
+        "LayersSize dropped by {freed}, plan predicted {predicted}"
+    );
     let error = (freed_disk as f64 - predicted_disk as f64).abs() / freed_disk.max(1) as f64;
     assert!(
         error <= 0.03,
@@ -123,28 +152,38 @@ fn exact_bytes_for_random_subsets_and_the_whole_unused_set() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let labelled = engine.docker(&["inspect", "-f", "{{.Id}}", &pop.labelled]);
     for round in 0..5 {
-        let mut unused: Vec<String> = unused_image_ids(&engine).into_iter().filter(|i| *i != labelled).collect();
+        let mut unused: Vec<String> = unused_image_ids(&engine)
+            .into_iter()
+            .filter(|i| *i != labelled)
+            .collect();
         unused.shuffle(&mut rng);
         let size = 2 + round * 2;
         check_subset(&engine, &config, &unused[..size.min(unused.len())]);
         assert_safe(&engine, &pop, &[]);
     }
-    let rest: Vec<String> = unused_image_ids(&engine).into_iter().filter(|i| *i != labelled).collect();
+    let rest: Vec<String> = unused_image_ids(&engine)
+        .into_iter()
+        .filter(|i| *i != labelled)
+        .collect();
     assert!(rest.len() >= 5, "population too small: {}", rest.len());
     check_subset(&engine, &config, &rest);
     assert_safe(&engine, &pop, &[]);
 }
 
 fn inspect_layers(engine: &PrivateEngine, reference: &str) -> Vec<String> {
-    serde_json::from_str(&engine.docker(&["inspect", "-f", "{{json .RootFS.Layers}}", reference])).unwrap()
+    serde_json::from_str(&engine.docker(&["inspect", "-f", "{{json .RootFS.Layers}}", reference]))
+        .unwrap()
 }
 
 #[test]
 fn pressure_reaches_low_keeps_bases_and_beats_naive_lru() {
     let engine = PrivateEngine::start(700);
     let pop = ml_population(&engine);
-    let base_layers: Vec<(String, Vec<String>)> =
-        pop.bases.iter().map(|b| (b.clone(), inspect_layers(&engine, b))).collect();
+    let base_layers: Vec<(String, Vec<String>)> = pop
+        .bases
+        .iter()
+        .map(|b| (b.clone(), inspect_layers(&engine, b)))
+        .collect();
     let snapshot = json(&engine.dockgc(&["snapshot"]));
     let fs = &snapshot["filesystem"];
     let used = fs["used_bytes"].as_u64().unwrap();
@@ -159,30 +198,55 @@ fn pressure_reaches_low_keeps_bases_and_beats_naive_lru() {
         ),
     );
     let plan = json(&engine.dockgc(&["-c", &config, "plan", "--format", "json"]));
-    let target = plan["target"]["need_disk_bytes"].as_u64().expect("a target under pressure");
+    let target = plan["target"]["need_disk_bytes"]
+        .as_u64()
+        .expect("a target under pressure");
     let steps = plan["steps"].as_array().unwrap();
-    let routine: u64 = steps.iter().filter(|s| s["reason"] != "disk_pressure").map(|s| s["disk_bytes"].as_u64().unwrap()).sum();
-    let ours = steps.iter().filter(|s| s["reason"] == "disk_pressure").count();
+    let routine: u64 = steps
+        .iter()
+        .filter(|s| s["reason"] != "disk_pressure")
+        .map(|s| s["disk_bytes"].as_u64().unwrap())
+        .sum();
+    let ours = steps
+        .iter()
+        .filter(|s| s["reason"] == "disk_pressure")
+        .count();
     assert!(ours > 0, "pressure evicted nothing: {plan:#}");
 
     // A least-recently-used order that ignores shared layers (what docuum does): evict unused
     // images by their own last use until the same bytes are freed, counting what really frees.
     let naive = naive_lru_count(&snapshot, target.saturating_sub(routine));
-    assert!(ours < naive, "dockgc evicts {ours} images, naive LRU {naive}");
+    assert!(
+        ours < naive,
+        "dockgc evicts {ours} images, naive LRU {naive}"
+    );
 
     let out = engine.dockgc(&["-c", &config, "prune", "-f"]);
-    assert!(out.status.success(), "prune: {}{}", stdout(&out), stderr(&out));
+    assert!(
+        out.status.success(),
+        "prune: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     let after = engine.used_bytes();
     assert!(
         after as f64 <= low / 100.0 * capacity as f64,
         "usage {after} above low {low}% of {capacity}"
     );
     // No base is untagged while an image built on it remains.
-    let remaining: Vec<Vec<String>> = image_ids(&engine).iter().map(|id| inspect_layers(&engine, id)).collect();
+    let remaining: Vec<Vec<String>> = image_ids(&engine)
+        .iter()
+        .map(|id| inspect_layers(&engine, id))
+        .collect();
     for (tag, layers) in &base_layers {
-        let has_children = remaining.iter().any(|l| l.len() > layers.len() && l.starts_with(layers));
+        let has_children = remaining
+            .iter()
+            .any(|l| l.len() > layers.len() && l.starts_with(layers));
         if has_children {
-            assert!(exists(&engine, "image", tag), "base {tag} untagged while its children remain");
+            assert!(
+                exists(&engine, "image", tag),
+                "base {tag} untagged while its children remain"
+            );
         }
     }
     assert_safe(&engine, &pop, &[]);
@@ -191,9 +255,23 @@ fn pressure_reaches_low_keeps_bases_and_beats_naive_lru() {
 /// Deletions a naive LRU makes to free `need` disk bytes on `snapshot` (from `dockgc snapshot`).
 fn naive_lru_count(snapshot: &Value, need: u64) -> usize {
     use std::collections::HashMap;
-    let disk: HashMap<&str, u64> = snapshot["layers"].as_array().unwrap().iter()
-        .map(|l| (l["chain_id"].as_str().unwrap(), l["disk_bytes"].as_u64().unwrap())).collect();
-    let used: HashSet<&str> = snapshot["containers"].as_array().unwrap().iter().map(|c| c["image_id"].as_str().unwrap()).collect();
+    let disk: HashMap<&str, u64> = snapshot["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["chain_id"].as_str().unwrap(),
+                l["disk_bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let used: HashSet<&str> = snapshot["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["image_id"].as_str().unwrap())
+        .collect();
     let images = snapshot["images"].as_array().unwrap();
     let mut refs: HashMap<&str, usize> = HashMap::new();
     for i in images {
@@ -201,11 +279,17 @@ fn naive_lru_count(snapshot: &Value, need: u64) -> usize {
             *refs.entry(l.as_str().unwrap()).or_default() += 1;
         }
     }
-    let mut order: Vec<&Value> = images.iter()
+    let mut order: Vec<&Value> = images
+        .iter()
         .filter(|i| !used.contains(i["id"].as_str().unwrap()))
         .filter(|i| i["labels"].get("dockgc.keep").is_none())
         .collect();
-    let last_use = |i: &Value| i["last_tagged"].as_i64().unwrap_or(0).max(i["arrived"].as_i64().unwrap());
+    let last_use = |i: &Value| {
+        i["last_tagged"]
+            .as_i64()
+            .unwrap_or(0)
+            .max(i["arrived"].as_i64().unwrap())
+    };
     order.sort_by_key(|i| (last_use(i), i["id"].as_str().unwrap().to_string()));
     let (mut freed, mut count) = (0u64, 0usize);
     for image in order {
@@ -233,24 +317,54 @@ fn a_victim_used_between_plan_and_execution_is_skipped() {
     let plan = json(&plan_out);
     let plan_path = engine.scratch().join("plan.json");
     std::fs::write(&plan_path, &plan_out.stdout).unwrap();
-    let victim = plan["steps"].as_array().unwrap().iter()
+    let victim = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
         .find(|s| s["kind"] == "image" && s["tags"].as_array().is_some_and(|t| !t.is_empty()))
         .expect("a tagged image in the plan");
     let victim_tag = victim["tags"][0].as_str().unwrap();
     let victim_id = victim["id"].as_str().unwrap();
-    engine.docker(&["create", "--name", "late-job", "--network", "none", victim_tag, "/bin/busybox", "true"]);
+    engine.docker(&[
+        "create",
+        "--name",
+        "late-job",
+        "--network",
+        "none",
+        victim_tag,
+        "/bin/busybox",
+        "true",
+    ]);
 
-    let out = engine.dockgc(&["-c", &config, "prune", "-f", "--plan", plan_path.to_str().unwrap(), "--format", "json"]);
+    let out = engine.dockgc(&[
+        "-c",
+        &config,
+        "prune",
+        "-f",
+        "--plan",
+        plan_path.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
     assert!(out.status.success(), "prune: {}", stderr(&out));
     let report = json(&out);
     let results = report["report"]["results"].as_array().unwrap();
     let mine = results.iter().find(|r| r["id"] == victim_id).unwrap();
     assert_eq!(mine["outcome"], "skipped", "{mine:#}");
-    assert!(mine["detail"].as_str().unwrap().contains("late-job"), "{mine:#}");
-    assert!(exists(&engine, "image", victim_id), "the victim was deleted");
+    assert!(
+        mine["detail"].as_str().unwrap().contains("late-job"),
+        "{mine:#}"
+    );
+    assert!(
+        exists(&engine, "image", victim_id),
+        "the victim was deleted"
+    );
     let removed = results.iter().filter(|r| r["outcome"] == "removed").count();
     assert!(removed >= 20, "only {removed} removed");
-    for r in results.iter().filter(|r| r["outcome"] == "removed" && r["kind"] == "image") {
+    for r in results
+        .iter()
+        .filter(|r| r["outcome"] == "removed" && r["kind"] == "image")
+    {
         assert!(!exists(&engine, "image", r["id"].as_str().unwrap()));
     }
     assert_safe(&engine, &pop, &[victim_tag]);
@@ -260,24 +374,50 @@ fn a_victim_used_between_plan_and_execution_is_skipped() {
 fn routine_prune_removes_leftovers_and_keeps_what_is_protected() {
     let engine = PrivateEngine::start(700);
     let pop = ml_population(&engine);
-    let config = write_config(&engine, &eager("images = [\"ml/env-1?:v1\"]", "unused = \"remove\""));
+    let config = write_config(
+        &engine,
+        &eager("images = [\"ml/env-1?:v1\"]", "unused = \"remove\""),
+    );
     let dangling_before = engine.docker(&["images", "-q", "-f", "dangling=true"]);
-    assert!(!dangling_before.is_empty(), "the population has dangling images");
+    assert!(
+        !dangling_before.is_empty(),
+        "the population has dangling images"
+    );
     let out = engine.dockgc(&["-c", &config, "prune", "-f"]);
-    assert!(out.status.success(), "prune: {}{}", stdout(&out), stderr(&out));
+    assert!(
+        out.status.success(),
+        "prune: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     let text = stdout(&out);
-    assert!(text.contains("stopped container") && text.contains("dangling image"), "{text}");
+    assert!(
+        text.contains("stopped container") && text.contains("dangling image"),
+        "{text}"
+    );
     assert!(!exists(&engine, "container", "done-1") && !exists(&engine, "container", "done-2"));
     assert_eq!(engine.docker(&["images", "-q", "-f", "dangling=true"]), "");
-    assert!(!exists(&engine, "network", "ml-net"), "unused network survived");
+    assert!(
+        !exists(&engine, "network", "ml-net"),
+        "unused network survived"
+    );
     let volumes = engine.docker(&["volume", "ls", "-q"]);
     // The anonymous volume of the removed container goes; job-a's anonymous /scratch stays.
-    assert_eq!(volumes.lines().filter(|v| v.len() == 64).count(), 1, "{volumes}");
+    assert_eq!(
+        volumes.lines().filter(|v| v.len() == 64).count(),
+        1,
+        "{volumes}"
+    );
     let keep: Vec<String> = (10..20).map(|c| format!("ml/env-{c}:v1")).collect();
     let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
     assert_safe(&engine, &pop, &keep);
     // With images.unused = "remove", unprotected unused tags go, both tags of the multi-tag one too.
-    for gone in ["ml/env-20:v1", "ml/env-4:v1", "ml/alias:latest", "ml/whiteout:v1"] {
+    for gone in [
+        "ml/env-20:v1",
+        "ml/env-4:v1",
+        "ml/alias:latest",
+        "ml/whiteout:v1",
+    ] {
         assert!(!exists(&engine, "image", gone), "{gone} survived");
     }
 }
@@ -322,16 +462,21 @@ fn failing_proxy(engine: &PrivateEngine, victim: String) -> std::path::PathBuf {
                     }
                     head.push(byte[0]);
                 }
-                let line = percent_decode(String::from_utf8_lossy(&head).lines().next().unwrap_or(""));
+                let line =
+                    percent_decode(String::from_utf8_lossy(&head).lines().next().unwrap_or(""));
                 if line.starts_with("DELETE") && line.contains(&victim) {
                     let body = r#"{"message":"injected failure"}"#;
                     let _ = write!(client, "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
                     return;
                 }
-                let Ok(mut server) = UnixStream::connect(&upstream) else { return };
+                let Ok(mut server) = UnixStream::connect(&upstream) else {
+                    return;
+                };
                 server.write_all(&head).unwrap();
                 let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let up = std::thread::spawn(move || { let _ = std::io::copy(&mut c2, &mut s2); });
+                let up = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c2, &mut s2);
+                });
                 let _ = std::io::copy(&mut server, &mut client);
                 let _ = client.shutdown(std::net::Shutdown::Both);
                 let _ = up.join();
@@ -351,25 +496,58 @@ fn an_api_error_mid_run_exits_2_and_keeps_the_audit_consistent() {
     let proxy = failing_proxy(&engine, victim.to_string());
     let audit = engine.scratch().join("audit.jsonl");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_dockgc"))
-        .args(["--host", &format!("unix://{}", proxy.display()), "-c", &config, "prune", "-f"])
+        .args([
+            "--host",
+            &format!("unix://{}", proxy.display()),
+            "-c",
+            &config,
+            "prune",
+            "-f",
+        ])
         .arg("--audit-file")
         .arg(&audit)
         .env_remove("DOCKER_HOST")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     let err = stderr(&out);
-    assert!(err.contains(victim) && err.contains("injected failure"), "{err}");
+    assert!(
+        err.contains(victim) && err.contains("injected failure"),
+        "{err}"
+    );
     assert!(exists(&engine, "image", &victim_id));
-    assert!(!exists(&engine, "image", "ml/env-13:v1"), "the rest of the run went on");
+    assert!(
+        !exists(&engine, "image", "ml/env-13:v1"),
+        "the rest of the run went on"
+    );
 
     // Every intent has exactly one outcome, and the failure is recorded as such.
-    let records: Vec<Value> = std::fs::read_to_string(&audit).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let records: Vec<Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let intents: Vec<&Value> = records.iter().filter(|r| r["event"] == "intent").collect();
     assert!(intents.len() > 10);
     for intent in &intents {
-        let outcomes: Vec<&Value> = records.iter().filter(|r| r["event"] == "outcome" && r["run"] == intent["run"] && r["seq"] == intent["seq"]).collect();
-        assert_eq!(outcomes.len(), 1, "intent {intent} has {} outcomes", outcomes.len());
+        let outcomes: Vec<&Value> = records
+            .iter()
+            .filter(|r| {
+                r["event"] == "outcome" && r["run"] == intent["run"] && r["seq"] == intent["seq"]
+            })
+            .collect();
+        assert_eq!(
+            outcomes.len(),
+            1,
+            "intent {intent} has {} outcomes",
+            outcomes.len()
+        );
         if intent["id"] == victim_id.as_str() {
             assert_eq!(outcomes[0]["outcome"], "failed");
         }
@@ -386,18 +564,32 @@ fn unreachable_engine_and_bad_config_exit_2_naming_the_problem() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("unix:///nonexistent/docker.sock (from DOCKER_HOST)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unix:///nonexistent/docker.sock (from DOCKER_HOST)"),
+        "{}",
+        stderr(&out)
+    );
 
     let config = write_config(&engine, "[disk]\nhigh = \"80%\"\nlow = \"90%\"\n");
     let out = engine.dockgc(&["-c", &config, "prune", "-f"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains(":3: `disk.low`: low (90%) must be below high (80%)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(":3: `disk.low`: low (90%) must be below high (80%)"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn engine_over_tcp_and_through_a_docker_context() {
     let engine = PrivateEngine::start_with_tcp(300, 23_751);
-    fixtures::load(&engine, &[fixtures::Image::new(&["tiny:1"], vec![fixtures::Layer::busybox()])]);
+    fixtures::load(
+        &engine,
+        &[fixtures::Image::new(
+            &["tiny:1"],
+            vec![fixtures::Layer::busybox()],
+        )],
+    );
     let run = |env: &[(&str, &str)]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_dockgc"))
             .args(["df", "--format", "json"])
@@ -413,12 +605,25 @@ fn engine_over_tcp_and_through_a_docker_context() {
     // A docker CLI context, made by the docker CLI itself.
     let config_dir = engine.scratch().join("cli");
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(harness::DOCKER).args(args).env("DOCKER_CONFIG", &config_dir).output().unwrap();
+        let out = std::process::Command::new(harness::DOCKER)
+            .args(args)
+            .env("DOCKER_CONFIG", &config_dir)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
     };
-    cli(&["context", "create", "private", "--docker", &format!("host={}", engine.url())]);
+    cli(&[
+        "context",
+        "create",
+        "private",
+        "--docker",
+        &format!("host={}", engine.url()),
+    ]);
     let dir = config_dir.to_string_lossy().to_string();
-    assert_eq!(run(&[("DOCKER_CONFIG", &dir), ("DOCKER_CONTEXT", "private")]), 1);
+    assert_eq!(
+        run(&[("DOCKER_CONFIG", &dir), ("DOCKER_CONTEXT", "private")]),
+        1
+    );
     cli(&["context", "use", "private"]);
     assert_eq!(run(&[("DOCKER_CONFIG", &dir)]), 1);
 }
