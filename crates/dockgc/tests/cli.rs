@@ -1,0 +1,215 @@
+//! The CLI without an engine: snapshot files, config errors, and insta snapshots of
+//! `plan --from-snapshot` output (table and JSON).
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// A snapshot taken from Engine 20.10 with `dockgc snapshot`: 4 bases, 12 env images, 3
+/// dangling rebuilds, a running and a stopped container, volumes and a custom network.
+/// Kept as written by version 1, so newer builds must go on reading it.
+const SNAPSHOT_V1: &str = "tests/data/snapshot-v1.json";
+
+fn dockgc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dockgc"))
+        .args(args)
+        .env_remove("DOCKER_HOST")
+        .env_remove("DOCKGC_CONFIG")
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    assert!(
+        out.status.success() || out.status.code() == Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The v1 snapshot two days later on a disk at 90 %: everything is past its grace period and
+/// under pressure.
+fn aged_snapshot(dir: &Path) -> PathBuf {
+    let mut snap: Value =
+        serde_json::from_str(&std::fs::read_to_string(SNAPSHOT_V1).unwrap()).unwrap();
+    snap["taken_at"] = (snap["taken_at"].as_i64().unwrap() + 2 * 86_400).into();
+    let fs = &mut snap["filesystem"];
+    let capacity = fs["used_bytes"].as_u64().unwrap() + fs["available_bytes"].as_u64().unwrap();
+    // Layers here total ~45 MB: a 60 MB disk at 90 % makes the LRU eviction visible.
+    let capacity = capacity.min(60_000_000);
+    fs["used_bytes"] = (capacity * 9 / 10).into();
+    fs["available_bytes"] = (capacity / 10).into();
+    fs["total_bytes"] = capacity.into();
+    let path = dir.join("aged.json");
+    std::fs::write(&path, serde_json::to_vec(&snap).unwrap()).unwrap();
+    path
+}
+
+fn config(dir: &Path, text: &str) -> String {
+    let path = dir.join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+const UNDER_PRESSURE: &str = "[keep]\nimages = [\"miniconda:py312\"]\nper_repository = 0\n";
+
+#[test]
+fn version_1_snapshots_still_read() {
+    let out = dockgc(&["df", "--from-snapshot", SNAPSHOT_V1, "--format", "json"]);
+    let df: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(df["version"], 1);
+    assert_eq!(df["images"]["count"], 19);
+    insta::assert_snapshot!(
+        "df_v1",
+        text(&dockgc(&["df", "-v", "--from-snapshot", SNAPSHOT_V1]))
+    );
+}
+
+#[test]
+fn plan_table_under_pressure() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = aged_snapshot(dir.path());
+    let c = config(dir.path(), UNDER_PRESSURE);
+    let out = dockgc(&[
+        "-c",
+        &c,
+        "plan",
+        "--show-skipped",
+        "--from-snapshot",
+        snap.to_str().unwrap(),
+    ]);
+    insta::assert_snapshot!("plan_pressure_table", text(&out));
+}
+
+#[test]
+fn plan_json_under_pressure() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = aged_snapshot(dir.path());
+    let c = config(dir.path(), UNDER_PRESSURE);
+    let out = dockgc(&[
+        "-c",
+        &c,
+        "plan",
+        "--format",
+        "json",
+        "--from-snapshot",
+        snap.to_str().unwrap(),
+    ]);
+    let plan: Value = serde_json::from_str(&text(&out)).unwrap();
+    let steps = plan["steps"].as_array().unwrap();
+    let sum: u64 = steps.iter().map(|s| s["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(plan["reclaim_bytes"].as_u64().unwrap(), sum);
+    for s in steps {
+        assert_ne!(
+            s["name"], "miniconda:py312",
+            "a keep-listed base is planned"
+        );
+    }
+    insta::assert_json_snapshot!("plan_pressure_json", plan);
+}
+
+#[test]
+fn explain_names_rule_and_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = aged_snapshot(dir.path());
+    let c = config(dir.path(), UNDER_PRESSURE);
+    let snap = snap.to_str().unwrap();
+    let base = text(&dockgc(&[
+        "-c",
+        &c,
+        "explain",
+        "miniconda:py312",
+        "--from-snapshot",
+        snap,
+    ]));
+    assert!(
+        base.contains("KEPT: protected by keep.images = \"miniconda:py312\""),
+        "{base}"
+    );
+    let used = text(&dockgc(&[
+        "-c",
+        &c,
+        "explain",
+        "ml/env-11:latest",
+        "--from-snapshot",
+        snap,
+    ]));
+    assert!(used.contains("KEPT: in use by trainer"), "{used}");
+    let out = dockgc(&["explain", "nope:1", "--from-snapshot", snap]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn an_unreachable_goal_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = aged_snapshot(dir.path());
+    let out = dockgc(&[
+        "plan",
+        "--free",
+        "10TB",
+        "--from-snapshot",
+        snap.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("NOT reachable"));
+}
+
+#[test]
+fn config_default_and_check() {
+    let out = dockgc(&["config", "default"]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(dir.path(), &String::from_utf8_lossy(&out.stdout));
+    assert!(dockgc(&["config", "check", &path]).status.success());
+    let cases = [
+        (
+            "[disk]\nhigh = \"80%\"\nlow = \"90%\"\n",
+            "c.toml:3: `disk.low`: low (90%) must be below high (80%)",
+        ),
+        (
+            "[keep]\nrecnet = \"1h\"\n",
+            "c.toml:2: `keep.recnet`: unknown field `recnet`, expected one of",
+        ),
+        (
+            "[build_cache]\nkeep = \"ten\"\n",
+            "c.toml:2: `build_cache.keep`: `ten` is not valid; expected a size",
+        ),
+        (
+            "[keep]\nmin_age = \"1 fortnight\"\n",
+            "c.toml:2: `keep.min_age`: `1 fortnight` is not valid; expected a duration",
+        ),
+        (
+            "[disk]\ninodes_high = \"95\"\n",
+            "c.toml:2: `disk.inodes_high`: `95` is not valid; expected a percentage",
+        ),
+        (
+            "[keep]\nimages = [\"[bad\"]\n",
+            "c.toml:2: `keep.images`: invalid glob `[bad`",
+        ),
+    ];
+    for (bad, message) in cases {
+        let path = config(dir.path(), bad);
+        let out = dockgc(&["config", "check", &path]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(message), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn bad_flags_exit_2() {
+    assert_eq!(
+        dockgc(&["plan", "--free", "lots", "--from-snapshot", SNAPSHOT_V1])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(dockgc(&["prune", "--parallel", "0"]).status.code(), Some(2));
+    let out = dockgc(&["--host", "ssh://me@far", "df"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ssh://"));
+}
