@@ -18,6 +18,81 @@ pub fn estimate_layer_disk_bytes(bytes: u64) -> u64 {
     bytes.div_ceil(BLOCK) * BLOCK + ESTIMATED_LAYER_OVERHEAD_BYTES
 }
 
+/// Hashes IDs by their last 16 bytes: IDs are digests, already uniformly random there, so
+/// hashing the whole string (SipHash) would only cost time on a planner's hot path.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let tail = &bytes[bytes.len().saturating_sub(16)..];
+        for &b in tail {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 ^= bytes.len() as u64;
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (self.0 ^ n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by IDs (or indices) with [`IdHasher`].
+pub type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// Many short lists of indices in one allocation (compressed rows): list `i` is `self[i]`.
+#[derive(Debug, Clone, Default)]
+pub struct Lists {
+    offsets: Vec<usize>,
+    items: Vec<usize>,
+}
+
+impl Lists {
+    /// Builds lists from `(list, item)` pairs, items in the order given.
+    fn from_pairs(lists: usize, pairs: &[(usize, usize)]) -> Self {
+        let mut offsets = vec![0; lists + 1];
+        for &(list, _) in pairs {
+            offsets[list + 1] += 1;
+        }
+        for i in 0..lists {
+            offsets[i + 1] += offsets[i];
+        }
+        let mut fill = offsets.clone();
+        let mut items = vec![0; pairs.len()];
+        for &(list, item) in pairs {
+            items[fill[list]] = item;
+            fill[list] += 1;
+        }
+        Self { offsets, items }
+    }
+
+    /// Number of lists.
+    pub fn len(&self) -> usize {
+        self.offsets.len().saturating_sub(1)
+    }
+
+    /// Whether there are no lists.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every list, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &[usize]> {
+        (0..self.len()).map(move |i| &self[i])
+    }
+}
+
+impl std::ops::Index<usize> for Lists {
+    type Output = [usize];
+    fn index(&self, i: usize) -> &[usize] {
+        &self.items[self.offsets[i]..self.offsets[i + 1]]
+    }
+}
+
 /// Index of images and layers of one snapshot.
 #[derive(Debug)]
 pub struct LayerGraph {
@@ -28,9 +103,9 @@ pub struct LayerGraph {
     /// Per layer index: inodes, when measured (0 otherwise).
     pub layer_inodes: Vec<u64>,
     /// Per image index: its layer indices, bottom first.
-    pub image_layers: Vec<Vec<usize>>,
+    pub image_layers: Lists,
     /// Per layer index: the images that reference it.
-    pub layer_users: Vec<Vec<usize>>,
+    pub layer_users: Lists,
     /// Per image index: indices of images built on it (its layers are a proper prefix of theirs).
     pub descendants: Vec<Vec<usize>>,
 }
@@ -39,7 +114,8 @@ impl LayerGraph {
     /// Builds the graph of `snapshot`. Layers an image names but the snapshot lacks count as
     /// zero bytes.
     pub fn new(snapshot: &Snapshot) -> Self {
-        let mut index: HashMap<&str, usize> = HashMap::with_capacity(snapshot.layers.len());
+        let mut index: IdMap<&str, usize> =
+            IdMap::with_capacity_and_hasher(snapshot.layers.len(), Default::default());
         let mut layer_bytes = Vec::with_capacity(snapshot.layers.len());
         let mut layer_disk_bytes = Vec::with_capacity(snapshot.layers.len());
         let mut layer_inodes = Vec::with_capacity(snapshot.layers.len());
@@ -55,9 +131,8 @@ impl LayerGraph {
                 layer_bytes.len() - 1
             });
         }
-        let mut image_layers = Vec::with_capacity(snapshot.images.len());
-        for image in &snapshot.images {
-            let mut ids = Vec::with_capacity(image.layers.len());
+        let mut pairs = Vec::with_capacity(snapshot.images.len() * 10);
+        for (img, image) in snapshot.images.iter().enumerate() {
             for chain in &image.layers {
                 let i = *index.entry(chain.as_str()).or_insert_with(|| {
                     layer_bytes.push(0);
@@ -65,20 +140,19 @@ impl LayerGraph {
                     layer_inodes.push(0);
                     layer_bytes.len() - 1
                 });
-                ids.push(i);
-            }
-            image_layers.push(ids);
-        }
-        let mut layer_users = vec![Vec::new(); layer_bytes.len()];
-        for (img, layers) in image_layers.iter().enumerate() {
-            for &l in layers {
-                layer_users[l].push(img);
+                pairs.push((img, i));
             }
         }
+        let image_layers = Lists::from_pairs(snapshot.images.len(), &pairs);
+        for pair in &mut pairs {
+            *pair = (pair.1, pair.0);
+        }
+        let layer_users = Lists::from_pairs(layer_bytes.len(), &pairs);
         // An image is an ancestor of another when its top layer is a proper prefix of the
         // other's chain: chain IDs hash the whole prefix, so equal top chain IDs mean equal
         // chains.
-        let mut by_top: HashMap<usize, Vec<usize>> = HashMap::new();
+        let mut by_top: IdMap<usize, Vec<usize>> =
+            IdMap::with_capacity_and_hasher(image_layers.len(), Default::default());
         for (img, layers) in image_layers.iter().enumerate() {
             if let Some(&top) = layers.last() {
                 by_top.entry(top).or_default().push(img);
@@ -120,7 +194,7 @@ impl LayerGraph {
     pub fn tally(&self) -> Tally<'_> {
         Tally {
             graph: self,
-            remaining: self.layer_users.iter().map(Vec::len).collect(),
+            remaining: self.layer_users.iter().map(<[usize]>::len).collect(),
         }
     }
 }
@@ -158,6 +232,11 @@ impl Tally<'_> {
             }
         }
         freed
+    }
+
+    /// Images still referencing layer `layer`.
+    pub fn remaining(&self, layer: usize) -> usize {
+        self.remaining[layer]
     }
 
     /// Deletes `image` from the tally and returns what that freed.

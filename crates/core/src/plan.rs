@@ -3,7 +3,7 @@
 //! [`plan`] is deterministic and infallible. Every step carries the exact marginal bytes it
 //! frees given the steps before it; every candidate not chosen is listed with why.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -202,8 +202,10 @@ pub enum SkipReason {
     },
     /// Deleting it frees nothing now: every layer is shared with images that stay.
     FreesNothing {
-        /// Some of the images that keep its layers.
+        /// The first few images that keep its layers.
         shared_with: Vec<String>,
+        /// How many images keep its layers.
+        count: usize,
     },
     /// The target is reached without it.
     TargetReached,
@@ -247,11 +249,17 @@ impl std::fmt::Display for SkipReason {
                 "one of the {keep} most recently used tags of {repository} (keep.per_repository)"
             ),
             Self::HasDescendants { count } => write!(f, "{count} image(s) built on it stay"),
-            Self::FreesNothing { shared_with } => write!(
-                f,
-                "frees nothing: its layers stay with {}",
-                list(shared_with)
-            ),
+            Self::FreesNothing { shared_with, count } => {
+                write!(
+                    f,
+                    "frees nothing: its layers stay with {}",
+                    shared_with.join(", ")
+                )?;
+                match count.saturating_sub(shared_with.len()) {
+                    0 => Ok(()),
+                    more => write!(f, " and {more} more"),
+                }
+            }
             Self::TargetReached => f.write_str("target reached without it"),
             Self::NoPressure => f.write_str("no disk pressure (usage below disk.high)"),
             Self::PolicyKeeps { rule } => write!(f, "policy keeps it ({rule})"),
@@ -416,6 +424,8 @@ struct Planner<'a> {
     skipped: Vec<Skipped>,
     removed_containers: HashSet<&'a str>,
     removed_images: Vec<bool>,
+    /// Containers by the image they were created from.
+    containers_by_image: HashMap<&'a str, Vec<&'a Container>>,
 }
 
 fn secs(d: std::time::Duration) -> i64 {
@@ -439,6 +449,12 @@ impl<'a> Planner<'a> {
             skipped: Vec::new(),
             removed_containers: HashSet::new(),
             removed_images: vec![false; s.images.len()],
+            containers_by_image: s.containers.iter().fold(HashMap::new(), |mut m, c| {
+                m.entry(c.image_id.as_str())
+                    .or_insert_with(Vec::new)
+                    .push(c);
+                m
+            }),
         }
     }
 
@@ -572,7 +588,14 @@ impl<'a> Planner<'a> {
     /// Safety rules every image deletion obeys, whatever chose it.
     fn image_guard(&self, i: usize) -> Option<SkipReason> {
         let image = &self.s.images[i];
-        let users = self.containers_keeping(|c| c.image_id == image.id);
+        let users: Vec<String> = self
+            .containers_by_image
+            .get(image.id.as_str())
+            .into_iter()
+            .flatten()
+            .filter(|c| !self.removed_containers.contains(c.id.as_str()))
+            .map(|c| c.display_name())
+            .collect();
         if !users.is_empty() {
             return Some(SkipReason::InUse { containers: users });
         }
@@ -845,40 +868,63 @@ impl<'a> Planner<'a> {
         let reached = |disk: u64, inodes: u64| {
             goal.is_some_and(|(need_disk, need_inodes)| disk >= need_disk && inodes >= need_inodes)
         };
-        let mut waiting: Vec<usize> = Vec::new();
+        let graph = &self.facts.graph;
+        let rank: HashMap<usize, usize> = candidates
+            .iter()
+            .enumerate()
+            .map(|(r, &i)| (i, r))
+            .collect();
+        // Images that free nothing now, and those of them whose sharers have since gone.
+        let mut waiting: HashSet<usize> = HashSet::new();
+        let mut ready: BTreeSet<(usize, usize)> = BTreeSet::new();
         let mut left: Vec<usize> = Vec::new();
         let mut queue = candidates.into_iter();
         loop {
             if reached(freed_disk, freed_inodes) {
-                left.append(&mut waiting);
+                left.extend(ready.iter().map(|&(_, i)| i));
+                let mut rest: Vec<usize> = waiting.drain().collect();
+                rest.sort_by_key(|i| rank[i]);
+                left.extend(rest);
                 left.extend(queue.by_ref());
                 break;
             }
             // A waiting image whose sharers are now gone goes first, in LRU order.
-            let next = match waiting.iter().position(|&w| tally.peek(w).layers > 0) {
-                Some(pos) => waiting.remove(pos),
+            let next = match ready.pop_first() {
+                Some((_, i)) => i,
                 None => match queue.next() {
                     Some(i) => i,
                     None => break,
                 },
             };
-            if tally.peek(next).layers == 0 && !self.facts.graph.image_layers[next].is_empty() {
-                waiting.push(next);
+            if tally.peek(next).layers == 0 && !graph.image_layers[next].is_empty() {
+                waiting.insert(next);
                 continue;
             }
             let freed = tally.remove(next);
+            for &l in &graph.image_layers[next] {
+                // A layer now held by one image: if that image waits, it frees bytes now.
+                if tally.remaining(l) == 1 {
+                    for &u in &graph.layer_users[l] {
+                        if waiting.remove(&u) {
+                            ready.insert((rank[&u], u));
+                        }
+                    }
+                }
+            }
             self.image_step(next, freed, reason, rule);
             freed_disk += self.steps.last().map_or(0, |s| s.disk_bytes);
             freed_inodes += freed.inodes;
         }
+        let mut waiting: Vec<usize> = waiting.into_iter().collect();
+        waiting.sort_by_key(|i| rank[i]);
         for i in waiting {
-            let shared_with = self.sharers(i);
+            let (shared_with, count) = self.sharers(i);
             let image = &self.s.images[i];
             self.skip(
                 Kind::Image,
                 &image.id.clone(),
                 image.display_name(),
-                SkipReason::FreesNothing { shared_with },
+                SkipReason::FreesNothing { shared_with, count },
             );
         }
         for i in left {
@@ -892,17 +938,19 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn sharers(&self, i: usize) -> Vec<String> {
-        let mut names: Vec<String> = Vec::new();
+    /// Images that stay and keep the layers of image `i`: the first few names, and how many.
+    fn sharers(&self, i: usize) -> (Vec<String>, usize) {
+        const NAMED: usize = 5;
+        let mut seen = HashSet::new();
+        let mut names = Vec::new();
         for &l in &self.facts.graph.image_layers[i] {
             for &u in &self.facts.graph.layer_users[l] {
-                let name = self.s.images[u].display_name();
-                if u != i && !self.removed_images[u] && !names.contains(&name) {
-                    names.push(name);
+                if u != i && !self.removed_images[u] && seen.insert(u) && names.len() < NAMED {
+                    names.push(self.s.images[u].display_name());
                 }
             }
         }
-        names
+        (names, seen.len())
     }
 
     fn plan_requested_images(&mut self, refs: &[String], tally: &mut crate::graph::Tally<'_>) {

@@ -68,18 +68,18 @@ pub struct Usage {
 pub fn usage(snapshot: &Snapshot, history: &History) -> Usage {
     let facts = ImageFacts::new(snapshot, history);
     let graph = &facts.graph;
-    let users: Vec<Vec<String>> = snapshot
+    let index: std::collections::HashMap<&str, usize> = snapshot
         .images
         .iter()
-        .map(|i| {
-            snapshot
-                .containers
-                .iter()
-                .filter(|c| c.image_id == i.id)
-                .map(|c| c.display_name())
-                .collect()
-        })
+        .enumerate()
+        .map(|(i, image)| (image.id.as_str(), i))
         .collect();
+    let mut users: Vec<Vec<String>> = vec![Vec::new(); snapshot.images.len()];
+    for c in &snapshot.containers {
+        if let Some(&i) = index.get(c.image_id.as_str()) {
+            users[i].push(c.display_name());
+        }
+    }
     let mut images = ClassUsage {
         count: snapshot.images.len(),
         active: users.iter().filter(|u| !u.is_empty()).count(),
