@@ -18,6 +18,7 @@ install_packages() {
   [ -x /usr/bin/busybox ] && file_is_static /usr/bin/busybox || missing+=(busybox-static)
   command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
   command -v curl >/dev/null || missing+=(curl)
+  command -v bc >/dev/null || missing+=(bc)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} ..." >&2
     apt-get update -qq

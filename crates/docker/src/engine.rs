@@ -286,10 +286,27 @@ impl Engine {
     /// Lists all containers with their state times; `with_sizes` asks for writable-layer
     /// sizes (slower on busy hosts).
     pub async fn containers(&self, with_sizes: bool) -> Result<Vec<Container>, Error> {
+        self.list_containers(with_sizes, true).await
+    }
+
+    /// Lists all containers without their start and finish times (one request): enough to
+    /// know which images, volumes and networks are in use.
+    pub async fn containers_brief(&self) -> Result<Vec<Container>, Error> {
+        self.list_containers(false, false).await
+    }
+
+    async fn list_containers(
+        &self,
+        with_sizes: bool,
+        with_times: bool,
+    ) -> Result<Vec<Container>, Error> {
         let path = format!("/containers/json?all=1&size={}", u8::from(with_sizes));
         let summaries: Vec<convert::ContainerSummary> = self.client.get_json(&path).await?;
         let mut containers: Vec<Container> = stream::iter(summaries)
             .map(|s| async move {
+                if !with_times {
+                    return Ok(convert::container(s, None));
+                }
                 let inspect = match self
                     .client
                     .get_json(&format!("/containers/{}/json", encode(&s.id)))
@@ -330,9 +347,14 @@ impl Engine {
     }
 
     async fn delete(&self, path: &str) -> Result<Removal, Error> {
+        self.delete_reporting(path).await.map(|(r, _)| r)
+    }
+
+    /// Deletes and returns the engine's answer too.
+    async fn delete_reporting(&self, path: &str) -> Result<(Removal, bytes::Bytes), Error> {
         match self.client.call(Method::DELETE, path, None).await {
-            Ok(_) => Ok(Removal::Removed),
-            Err(Error::NotFound(_)) => Ok(Removal::AlreadyGone),
+            Ok(body) => Ok((Removal::Removed, body)),
+            Err(Error::NotFound(_)) => Ok((Removal::AlreadyGone, bytes::Bytes::new())),
             Err(e) => Err(e),
         }
     }

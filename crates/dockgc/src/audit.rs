@@ -143,10 +143,11 @@ impl Audit {
                 },
             })?;
         }
+        audit.sync()?;
         Ok((audit, closed))
     }
 
-    /// Appends one event of this run and flushes it to disk.
+    /// Appends one event of this run. It reaches the disk at the next [`Audit::sync`].
     pub fn write(&mut self, seq: u64, event: Event) -> Result<()> {
         let record = Record {
             version: AUDIT_VERSION,
@@ -164,8 +165,15 @@ impl Audit {
         line.push('\n');
         self.file
             .write_all(line.as_bytes())
-            .and_then(|()| self.file.sync_data())
             .with_context(|| format!("cannot write the audit file {}", self.path.display()))
+    }
+
+    /// Makes every record written so far durable. The executor syncs a chunk's intents before
+    /// deleting anything, and its outcomes before the next chunk.
+    pub fn sync(&mut self) -> Result<()> {
+        self.file
+            .sync_data()
+            .with_context(|| format!("cannot sync the audit file {}", self.path.display()))
     }
 }
 

@@ -152,7 +152,7 @@ pub struct PruneArgs {
     #[arg(long, value_name = "SIZE")]
     pub max_bytes: Option<String>,
     /// Deletions in flight at once.
-    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel: u16,
     /// Append-only JSON-lines audit trail of every intent and outcome.
     /// Default: /var/lib/dockgc/audit.jsonl as root, else $XDG_STATE_HOME/dockgc/audit.jsonl.

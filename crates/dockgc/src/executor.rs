@@ -247,7 +247,14 @@ impl Executor<'_> {
                 },
             )?;
         }
-        let containers = match self.engine.containers(false).await {
+        self.audit.sync()?;
+        // Container steps compare activity times; the others only need who uses what.
+        let fresh = if chunk.iter().any(|s| s.kind == Kind::Container) {
+            self.engine.containers(false).await
+        } else {
+            self.engine.containers_brief().await
+        };
+        let containers = match fresh {
             Ok(c) => Some(c),
             Err(e) => {
                 // Without fresh facts nothing in this chunk may be deleted.
@@ -262,7 +269,7 @@ impl Executor<'_> {
                     )?;
                 }
                 report.aborted = Some(why);
-                return Ok(());
+                return self.audit.sync();
             }
         };
         let containers = containers.unwrap_or_default();
@@ -277,7 +284,7 @@ impl Executor<'_> {
             }
             self.finish(first_seq + 1 + i as u64, step, outcome, detail, report)?;
         }
-        Ok(())
+        self.audit.sync()
     }
 
     fn finish(
