@@ -287,6 +287,10 @@ pub struct Volume {
     /// Bytes, when the daemon reports them.
     #[serde(default)]
     pub bytes: Option<u64>,
+    /// IDs of the containers (running or not) that mount it; the planner reads the same
+    /// relation from [`Container::volumes`].
+    #[serde(default)]
+    pub containers: Vec<String>,
 }
 
 /// Whether a network came with the engine or was made by someone.

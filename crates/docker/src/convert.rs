@@ -384,6 +384,7 @@ pub fn volume(item: VolumeItem, size: Option<i64>) -> Volume {
         driver: item.driver,
         created: parse_time(item.created_at.as_deref()),
         bytes: size.filter(|s| *s >= 0).map(|s| s as u64),
+        containers: Vec::new(),
         labels,
         name: item.name,
     }

@@ -182,6 +182,13 @@ impl Engine {
             })
             .collect();
         volumes.sort_by(|a, b| a.name.cmp(&b.name));
+        for v in &mut volumes {
+            v.containers = containers
+                .iter()
+                .filter(|c| c.volumes.contains(&v.name))
+                .map(|c| c.id.clone())
+                .collect();
+        }
         let nets: Vec<convert::NetworkItem> = self.client.get_json("/networks").await?;
         let mut networks: Vec<_> = nets.into_iter().map(convert::network).collect();
         networks.sort_by(|a, b| a.name.cmp(&b.name));

@@ -164,7 +164,13 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 
 async fn connect(cli: &Cli) -> Result<Engine> {
     let endpoint = dockgc_docker::endpoint::resolve(&Environment::from_process(cli.host.clone()))?;
-    Ok(Engine::connect(endpoint, Duration::from_secs(cli.timeout)).await?)
+    let name = endpoint.to_string();
+    match Engine::connect(endpoint, Duration::from_secs(cli.timeout)).await {
+        Ok(engine) => Ok(engine),
+        // That error already names the endpoint.
+        Err(e @ dockgc_docker::Error::Unreachable { .. }) => Err(e.into()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("the Docker engine at {name}"))),
+    }
 }
 
 async fn world(cli: &Cli, source: &Source) -> Result<Snapshot> {

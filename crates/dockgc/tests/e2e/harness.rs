@@ -52,12 +52,13 @@ impl PrivateEngine {
         Self::start_listening(disk_mb, None)
     }
 
-    /// Starts an engine that also listens on plain TCP on 127.0.0.1:`port`.
-    pub fn start_with_tcp(disk_mb: u64, port: u16) -> Self {
-        Self::start_listening(disk_mb, Some(port))
+    /// Starts an engine that also listens on 127.0.0.1:`port`, plain or with TLS (`dockerd
+    /// --tlsverify` with certificates from `tls_dir`: ca.pem, server-cert.pem, server-key.pem).
+    pub fn start_with_tcp(disk_mb: u64, port: u16, tls_dir: Option<&Path>) -> Self {
+        Self::start_listening(disk_mb, Some((port, tls_dir)))
     }
 
-    fn start_listening(disk_mb: u64, tcp_port: Option<u16>) -> Self {
+    fn start_listening(disk_mb: u64, tcp: Option<(u16, Option<&Path>)>) -> Self {
         assert!(
             rustix_is_root(),
             "the end-to-end tests start a private dockerd and need root (run them through .ci/run)"
@@ -94,7 +95,15 @@ impl PrivateEngine {
             .arg("-H")
             .arg(format!("unix://{}", socket.display()))
             .args(["--bridge=none", "--iptables=false", "--ip-masq=false"])
-            .args(tcp_port.map(|p| format!("-H=tcp://127.0.0.1:{p}")))
+            .args(tcp.map(|(p, _)| format!("-H=tcp://127.0.0.1:{p}")))
+            .args(tcp.and_then(|(_, tls)| tls).into_iter().flat_map(|d| {
+                [
+                    "--tlsverify".to_string(),
+                    format!("--tlscacert={}", d.join("ca.pem").display()),
+                    format!("--tlscert={}", d.join("server-cert.pem").display()),
+                    format!("--tlskey={}", d.join("server-key.pem").display()),
+                ]
+            }))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -250,6 +259,72 @@ fn rustix_is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false)
+}
+
+/// Makes a CA, a server certificate for 127.0.0.1 and a client certificate in `dir`, with the
+/// names Docker uses (ca.pem, cert.pem, key.pem for the client).
+pub fn make_certificates(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let ssl = |args: &[&str]| {
+        run(Command::new("openssl").args(args).current_dir(dir));
+    };
+    ssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=dockgc test CA",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+    ]);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (name, subject, ext) in [
+        ("server", "/CN=127.0.0.1", "server.ext"),
+        ("client", "/CN=client", "client.ext"),
+    ] {
+        ssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            subject,
+            "-keyout",
+            &format!("{name}-key.pem"),
+            "-out",
+            &format!("{name}.csr"),
+        ]);
+        ssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+            "-out",
+            &format!("{name}-cert.pem"),
+        ]);
+    }
+    std::fs::rename(dir.join("client-cert.pem"), dir.join("cert.pem")).unwrap();
+    std::fs::rename(dir.join("client-key.pem"), dir.join("key.pem")).unwrap();
 }
 
 /// GET over a Unix socket with HTTP/1.0 (no chunked replies), JSON body.

@@ -185,6 +185,48 @@ fn pressure_reaches_low_keeps_bases_and_beats_naive_lru() {
         .map(|b| (b.clone(), inspect_layers(&engine, b)))
         .collect();
     let snapshot = json(&engine.dockgc(&["snapshot"]));
+    // The snapshot holds the whole population, with its relations.
+    assert_eq!(snapshot["version"], 1);
+    let volume = |name: &str| {
+        snapshot["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        volume(&pop.named_in_use)["containers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(volume(&pop.named_in_use)["kind"], "named");
+    assert!(volume(&pop.named_unused)["containers"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert!(snapshot["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["name"] == "ml-net" && n["kind"] == "custom"));
+    assert!(
+        !snapshot["build_cache"].as_array().unwrap().is_empty(),
+        "no BuildKit cache recorded"
+    );
+    assert!(snapshot["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["state"] == "running" && c["started"].is_i64()));
+    assert!(snapshot["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| !i["layers"].as_array().unwrap().is_empty()));
     let fs = &snapshot["filesystem"];
     let used = fs["used_bytes"].as_u64().unwrap();
     let capacity = used + fs["available_bytes"].as_u64().unwrap();
@@ -601,7 +643,7 @@ fn unreachable_engine_and_bad_config_exit_2_naming_the_problem() {
 
 #[test]
 fn engine_over_tcp_and_through_a_docker_context() {
-    let engine = PrivateEngine::start_with_tcp(300, 23_751);
+    let engine = PrivateEngine::start_with_tcp(300, 23_751, None);
     fixtures::load(
         &engine,
         &[fixtures::Image::new(
@@ -645,4 +687,43 @@ fn engine_over_tcp_and_through_a_docker_context() {
     );
     cli(&["context", "use", "private"]);
     assert_eq!(run(&[("DOCKER_CONFIG", &dir)]), 1);
+}
+
+#[test]
+fn engine_over_tls_with_docker_tls_verify() {
+    let certs = tempfile::tempdir().unwrap();
+    harness::make_certificates(certs.path());
+    let engine = PrivateEngine::start_with_tcp(300, 23_761, Some(certs.path()));
+    fixtures::load(
+        &engine,
+        &[fixtures::Image::new(
+            &["tiny:1"],
+            vec![fixtures::Layer::busybox()],
+        )],
+    );
+    let cert_path = certs.path().to_string_lossy().to_string();
+    let df = |verify: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dockgc"));
+        cmd.args(["df", "--format", "json"])
+            .env("DOCKER_HOST", "tcp://127.0.0.1:23761")
+            .env("DOCKER_CERT_PATH", &cert_path)
+            .env_remove("DOCKER_CONTEXT");
+        if verify {
+            cmd.env("DOCKER_TLS_VERIFY", "1");
+        } else {
+            cmd.env_remove("DOCKER_TLS_VERIFY");
+        }
+        cmd.output().unwrap()
+    };
+    let out = df(true);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json(&out)["images"]["count"], 1);
+    // Without TLS the engine refuses to talk: a clear error naming the endpoint, exit 2.
+    let out = df(false);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("tcp://127.0.0.1:23761"),
+        "{}",
+        stderr(&out)
+    );
 }
