@@ -382,32 +382,24 @@ impl Executor<'_> {
                     .or_else(|why| skip(format!("re-check: {why}")))
             }
             Kind::Volume => {
-                let users: Vec<_> = containers
-                    .iter()
-                    .filter(|c| c.volumes.contains(&step.id))
-                    .map(|c| c.display_name())
-                    .collect();
-                if users.is_empty() {
-                    Ok(())
-                } else {
-                    skip(format!("in use by {}", users.join(", ")))
-                }
+                in_use(containers, |c| c.volumes.contains(&step.id)).map_or(Ok(()), skip)
             }
             Kind::Network => {
-                let users: Vec<_> = containers
-                    .iter()
-                    .filter(|c| c.networks.contains(&step.name))
-                    .map(|c| c.display_name())
-                    .collect();
-                if users.is_empty() {
-                    Ok(())
-                } else {
-                    skip(format!("in use by {}", users.join(", ")))
-                }
+                in_use(containers, |c| c.networks.contains(&step.name)).map_or(Ok(()), skip)
             }
             Kind::BuildCache => Ok(()),
         }
     }
+}
+
+/// "in use by …" when any container matches.
+fn in_use(containers: &[Container], uses: impl Fn(&Container) -> bool) -> Option<String> {
+    let users: Vec<String> = containers
+        .iter()
+        .filter(|c| uses(c))
+        .map(Container::display_name)
+        .collect();
+    (!users.is_empty()).then(|| format!("in use by {}", users.join(", ")))
 }
 
 fn push(report: &mut Report, step: &Step, outcome: Outcome, detail: Option<String>) {

@@ -118,10 +118,7 @@ async fn run(cli: Cli) -> Result<Exit> {
                 Format::Json => println!("{}", to_json(&plan)?),
                 Format::Table => print!("{}", output::plan_table(&plan, &policy, *show_skipped)),
             }
-            Ok(match plan.target_status {
-                TargetStatus::Unreachable { .. } => Exit::TargetNotReached,
-                _ => Exit::Done,
-            })
+            Ok(exit_for(&plan))
         }
         Command::Explain {
             reference,
@@ -144,6 +141,14 @@ async fn run(cli: Cli) -> Result<Exit> {
             Ok(Exit::Done)
         }
         Command::Prune(args) => prune(&cli, args).await,
+    }
+}
+
+/// The exit of a plan that is only shown: 1 when its target is out of reach.
+fn exit_for(plan: &Plan) -> Exit {
+    match plan.target_status {
+        TargetStatus::Unreachable { .. } => Exit::TargetNotReached,
+        _ => Exit::Done,
     }
 }
 
@@ -260,10 +265,7 @@ async fn prune(cli: &Cli, args: &PruneArgs) -> Result<Exit> {
                 })?
             );
         }
-        return Ok(match plan.target_status {
-            TargetStatus::Unreachable { .. } => Exit::TargetNotReached,
-            _ => Exit::Done,
-        });
+        return Ok(exit_for(&plan));
     }
     if !args.force && !confirm(&plan)? {
         eprintln!("dockgc: nothing deleted");
