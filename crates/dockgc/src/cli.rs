@@ -80,6 +80,20 @@ pub enum Command {
         format: Format,
     },
     /// Delete what the plan says, safely: re-check each step just before deleting it.
+    ///
+    /// Shows the plan (as `dockgc plan` does), asks for confirmation on a terminal unless
+    /// -f/--force, then for each step: records the intent in the audit trail, re-checks it
+    /// against fresh engine data (still unused, unprotected, old enough), deletes it without
+    /// force (gone already: fine; in use now: skipped), records the outcome. Under a disk target
+    /// it re-measures the filesystem as it goes, stops evicting once the target is reached, and
+    /// plans again from fresh data if an estimate was optimistic. Ends with planned against
+    /// measured bytes freed.
+    ///
+    /// Examples:
+    ///   dockgc prune                      routine rules, plus eviction above disk.high
+    ///   dockgc prune -f --free 50GB       free 50 GB without asking
+    ///   dockgc plan --format json > p.json && dockgc prune --plan p.json
+    #[command(verbatim_doc_comment)]
     Prune(PruneArgs),
     /// Explain why an image, container, volume or network would or would not be deleted.
     Explain {
