@@ -49,6 +49,15 @@ impl History {
         Self { images }
     }
 
+    /// Adds what `other` knows: the earlier first sighting and the later use of each image.
+    pub fn merge(&mut self, other: &History) {
+        for (id, u) in &other.images {
+            let entry = self.images.entry(id.clone()).or_insert(*u);
+            entry.first_seen = entry.first_seen.min(u.first_seen);
+            entry.last_used = entry.last_used.max(u.last_used);
+        }
+    }
+
     /// Use of one image; an image unknown to the history counts as arriving and used at `now`
     /// (the safe side: it is protected by `min_age` and `recent`).
     pub fn use_of(&self, image_id: &str, now: Timestamp) -> ImageUse {

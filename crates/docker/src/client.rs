@@ -179,6 +179,51 @@ impl Client {
             })?
     }
 
+    /// Opens a streaming GET (`/events`): waits for the headers within the timeout, then
+    /// hands over the body, which may stay open for ever.
+    pub async fn stream(&self, path: &str) -> Result<LineStream, Error> {
+        let uri = format!("{}{}", self.prefix, path);
+        let open = async {
+            let stream = self.connect().await?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| self.broken(&uri, e))?;
+            tokio::spawn(connection);
+            let request = Request::builder()
+                .method(Method::GET)
+                .uri(&uri)
+                .header(hyper::header::HOST, "docker")
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| Error::Protocol(format!("bad request {uri}: {e}")))?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| self.broken(&uri, e))?;
+            if !response.status().is_success() {
+                let status = response.status().as_u16();
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                return Err(Error::from_status(status, &format!("GET {path}"), &body));
+            }
+            Ok(LineStream {
+                body: response.into_body(),
+                buffer: Vec::new(),
+                endpoint: self.endpoint.to_string(),
+            })
+        };
+        tokio::time::timeout(self.timeout, open)
+            .await
+            .map_err(|_| Error::Unreachable {
+                endpoint: self.endpoint.to_string(),
+                message: format!("{uri}: no answer within {}s", self.timeout.as_secs()),
+            })?
+    }
+
     fn broken(&self, uri: &str, e: hyper::Error) -> Error {
         Error::Unreachable {
             endpoint: self.endpoint.to_string(),
@@ -206,6 +251,39 @@ impl Client {
         let body = self.call(Method::GET, path, None).await?;
         serde_json::from_slice(&body)
             .map_err(|e| Error::Protocol(format!("GET {path}: unexpected response: {e}")))
+    }
+}
+
+/// A response body read line by line (Docker streams one JSON object per line).
+pub struct LineStream {
+    body: hyper::body::Incoming,
+    buffer: Vec<u8>,
+    endpoint: String,
+}
+
+impl LineStream {
+    /// The next line, or `None` when the engine closed the stream.
+    pub async fn next_line(&mut self) -> Result<Option<Vec<u8>>, Error> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                return Ok(Some(line));
+            }
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(Err(e)) => {
+                    return Err(Error::Unreachable {
+                        endpoint: self.endpoint.clone(),
+                        message: format!("event stream broke: {e}"),
+                    })
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buffer.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -337,6 +337,41 @@ impl Engine {
         Ok(containers)
     }
 
+    /// Streams engine events about containers and images, replaying those since `since`
+    /// (Unix nanoseconds) that the engine still buffers.
+    pub async fn events(&self, since_nanos: Option<i64>) -> Result<EventStream, Error> {
+        let filters = r#"{"type":["container","image"]}"#;
+        let mut path = format!("/events?filters={}", encode(filters));
+        if let Some(n) = since_nanos {
+            path.push_str(&format!(
+                "&since={}.{:09}",
+                n / 1_000_000_000,
+                n % 1_000_000_000
+            ));
+        }
+        Ok(EventStream {
+            lines: self.client.stream(&path).await?,
+        })
+    }
+
+    /// The image ID a container was created from; `None` when the container is gone.
+    pub async fn container_image(&self, id: &str) -> Result<Option<String>, Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Inspect {
+            image: String,
+        }
+        match self
+            .client
+            .get_json::<Inspect>(&format!("/containers/{}/json", encode(id)))
+            .await
+        {
+            Ok(i) => Ok(Some(i.image)),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Inspects one image afresh (for the executor's re-check); `None` when it is gone.
     pub async fn inspect_image(&self, id: &str) -> Result<Option<Image>, Error> {
         match self
@@ -443,5 +478,99 @@ impl Engine {
         )
         .map_err(|e| Error::Protocol(format!("POST /build/prune: {e}")))?;
         Ok((by_age.space_reclaimed.max(0) + by_size.space_reclaimed.max(0)) as u64)
+    }
+}
+
+/// One engine event dockgc cares about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineEvent {
+    /// `container` or `image`.
+    pub kind: String,
+    /// `create`, `start`, `exec_start`, `die`, `pull`, `load`, `import`, `tag`, `push`, …
+    pub action: String,
+    /// Container ID, or image ID or reference.
+    pub id: String,
+    /// For container events: the image reference the container was created with.
+    pub image: Option<String>,
+    /// When, in Unix nanoseconds.
+    pub time_nanos: i64,
+}
+
+impl EngineEvent {
+    /// Parses one line of the `/events` stream; `None` for lines that are not events.
+    pub fn parse(line: &[u8]) -> Option<Self> {
+        #[derive(Deserialize)]
+        struct Actor {
+            #[serde(rename = "ID", default)]
+            id: String,
+            #[serde(rename = "Attributes", default)]
+            attributes: HashMap<String, String>,
+        }
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(rename = "Type", default)]
+            kind: String,
+            #[serde(rename = "Action", default)]
+            action: String,
+            #[serde(rename = "Actor")]
+            actor: Actor,
+            #[serde(rename = "timeNano", default)]
+            time_nano: i64,
+        }
+        let raw: Raw = serde_json::from_slice(line).ok()?;
+        // `exec_start: sh -c …` carries the command after a colon.
+        let action = raw
+            .action
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        Some(Self {
+            kind: raw.kind,
+            action,
+            image: raw.actor.attributes.get("image").cloned(),
+            id: raw.actor.id,
+            time_nanos: raw.time_nano,
+        })
+    }
+}
+
+/// A stream of engine events.
+pub struct EventStream {
+    lines: crate::client::LineStream,
+}
+
+impl EventStream {
+    /// The next event, or `None` when the engine closed the stream.
+    pub async fn next(&mut self) -> Result<Option<EngineEvent>, Error> {
+        while let Some(line) = self.lines.next_line().await? {
+            if let Some(event) = EngineEvent::parse(&line) {
+                return Ok(Some(event));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_events_of_engine_20_10() {
+        let start = br#"{"status":"start","id":"11d3","from":"bb","Type":"container","Action":"start","Actor":{"ID":"11d3","Attributes":{"image":"bb","name":"zen"}},"scope":"local","time":1764852481,"timeNano":1764852481123456789}"#;
+        let e = EngineEvent::parse(start).unwrap();
+        assert_eq!(
+            (e.kind.as_str(), e.action.as_str(), e.image.as_deref()),
+            ("container", "start", Some("bb"))
+        );
+        assert_eq!(e.time_nanos, 1_764_852_481_123_456_789);
+        let exec = br#"{"Type":"container","Action":"exec_start: sh -c true","Actor":{"ID":"11d3","Attributes":{"image":"bb"}},"timeNano":5}"#;
+        assert_eq!(EngineEvent::parse(exec).unwrap().action, "exec_start");
+        let load = br#"{"status":"load","id":"sha256:2bd0","Type":"image","Action":"load","Actor":{"ID":"sha256:2bd0","Attributes":{"name":"sha256:2bd0"}},"scope":"local","time":1,"timeNano":1000000000}"#;
+        let e = EngineEvent::parse(load).unwrap();
+        assert_eq!((e.kind.as_str(), e.id.as_str()), ("image", "sha256:2bd0"));
+        assert!(EngineEvent::parse(b"garbage").is_none());
     }
 }

@@ -79,7 +79,25 @@ pub enum Event {
     },
 }
 
-/// An open audit trail.
+/// Where a run's intents and outcomes go.
+pub trait AuditSink {
+    /// Appends one event of the run.
+    fn write(&mut self, seq: u64, event: Event) -> Result<()>;
+    /// Makes what was written durable.
+    fn sync(&mut self) -> Result<()>;
+}
+
+impl AuditSink for Audit {
+    fn write(&mut self, seq: u64, event: Event) -> Result<()> {
+        Audit::write(self, seq, event)
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        Audit::sync(self)
+    }
+}
+
+/// An open audit trail in a JSON-lines file.
 #[derive(Debug)]
 pub struct Audit {
     file: File,
@@ -87,27 +105,16 @@ pub struct Audit {
     run: String,
 }
 
-/// The default audit file: `/var/lib/dockgc/audit.jsonl` as root, else under
-/// `$XDG_STATE_HOME/dockgc/` (or `~/.local/state/dockgc/`).
-pub fn default_path() -> PathBuf {
-    if rustix_is_root() {
-        return PathBuf::from("/var/lib/dockgc/audit.jsonl");
-    }
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("dockgc/audit.jsonl")
-}
-
-fn rustix_is_root() -> bool {
+/// Whether dockgc runs as root.
+pub fn is_root() -> bool {
     // /proc/self is owned by the effective user.
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false)
 }
 
-fn now() -> String {
+/// Now, as audit records write it.
+pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -134,7 +141,7 @@ impl Audit {
         for (run, seq) in open_intents {
             audit.write_record(&Record {
                 version: AUDIT_VERSION,
-                time: now(),
+                time: now_rfc3339(),
                 run,
                 seq,
                 event: Event::Outcome {
@@ -151,7 +158,7 @@ impl Audit {
     pub fn write(&mut self, seq: u64, event: Event) -> Result<()> {
         let record = Record {
             version: AUDIT_VERSION,
-            time: now(),
+            time: now_rfc3339(),
             run: self.run.clone(),
             seq,
             event,

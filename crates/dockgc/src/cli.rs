@@ -25,6 +25,12 @@ pub struct Cli {
     #[arg(short, long, global = true, env = "DOCKGC_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// State directory: use history, audit trail, governor status (SQLite). Default:
+    /// /var/lib/dockgc as root, else $XDG_STATE_HOME/dockgc. `plan`, `prune` and `explain`
+    /// read the use history from it when it exists.
+    #[arg(long, global = true, env = "DOCKGC_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
     /// Seconds to wait for any one engine request.
     #[arg(long, global = true, default_value_t = 300, value_name = "SECONDS")]
     pub timeout: u64,
@@ -110,6 +116,42 @@ pub enum Command {
     /// Print or check configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run the governor: watch the disk and free space by the policy, for as long as it runs.
+    ///
+    /// Measures the Docker filesystem every schedule.check_every (and at once when an image
+    /// arrives); above disk.high it runs a cycle that frees down to disk.low. Routine cycles
+    /// run at the schedule.cron times; a time missed while stopped is made up once at start.
+    /// Keeps a use history fed by the engine's events, reconciled after every reconnect.
+    /// Signals: SIGTERM/SIGINT finish the deletion in flight and exit 0; SIGHUP reloads the
+    /// config (an invalid one is refused and the old one kept); SIGUSR1 runs a cycle now.
+    #[command(verbatim_doc_comment)]
+    Run {
+        /// Deletions in flight at once.
+        #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+        parallel: u16,
+    },
+    /// Show the governor's state: engine connection, usage against the watermarks, the next
+    /// scheduled cycle, the last cycles.
+    Status {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Query the audit trail: every intent and outcome, with time, cycle, object, reason,
+    /// rule and bytes.
+    Log {
+        /// Only records this recent (e.g. 24h, 7d).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// Only deletions of this kind (container, image, volume, network, build_cache).
+        #[arg(long, value_name = "KIND")]
+        kind: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Ask the running governor for a cycle now (sends it SIGUSR1).
+    Trigger,
 }
 
 /// `dockgc config …`.
@@ -168,8 +210,8 @@ pub struct PruneArgs {
     /// Deletions in flight at once.
     #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel: u16,
-    /// Append-only JSON-lines audit trail of every intent and outcome.
-    /// Default: /var/lib/dockgc/audit.jsonl as root, else $XDG_STATE_HOME/dockgc/audit.jsonl.
+    /// Write the audit trail (every intent and outcome) as JSON lines to FILE instead of the
+    /// state database (see --state-dir and `dockgc log`).
     #[arg(long, env = "DOCKGC_AUDIT_FILE", value_name = "FILE")]
     pub audit_file: Option<PathBuf>,
     /// Also list every candidate left alone, with why.

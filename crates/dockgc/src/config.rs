@@ -66,6 +66,42 @@ struct RawConfig {
     build_cache: RawBuildCache,
     #[serde(default)]
     networks: RawNetworks,
+    #[serde(default)]
+    schedule: RawSchedule,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    cron: Field<Vec<Spanned<String>>>,
+    check_every: Field<String>,
+}
+
+/// When `dockgc run` acts besides watermark crossings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    /// 5-field cron expressions (UTC) of routine cycles.
+    pub cron: Vec<String>,
+    /// How often the watermark monitor measures the disk.
+    pub check_every: Duration,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Self {
+            cron: vec!["0 2 * * *".into()],
+            check_every: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything a config file sets.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Config {
+    /// What may be deleted.
+    pub policy: Policy,
+    /// When the governor runs cycles.
+    pub schedule: Schedule,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -127,13 +163,13 @@ struct RawNetworks {
 
 /// Loads the config: `path` if given, else the system file if present, else the defaults.
 /// Returns the policy and the file it came from.
-pub fn load(path: Option<&Path>) -> Result<(Policy, Option<PathBuf>), ConfigError> {
+pub fn load(path: Option<&Path>) -> Result<(Config, Option<PathBuf>), ConfigError> {
     let path = match path {
         Some(p) => Some(p.to_path_buf()),
         None => Some(PathBuf::from(SYSTEM_CONFIG)).filter(|p| p.exists()),
     };
     let Some(path) = path else {
-        return Ok((Policy::default(), None));
+        return Ok((Config::default(), None));
     };
     let name = path.display().to_string();
     let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
@@ -146,10 +182,14 @@ pub fn load(path: Option<&Path>) -> Result<(Policy, Option<PathBuf>), ConfigErro
 }
 
 /// Parses and validates config text; `file` names it in errors.
-pub fn parse(text: &str, file: &str) -> Result<Policy, ConfigError> {
+pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     let checker = Checker { text, file };
-    let raw: RawConfig = toml::from_str(text).map_err(|e| checker.toml_error(&e))?;
-    checker.validate(raw)
+    let mut raw: RawConfig = toml::from_str(text).map_err(|e| checker.toml_error(&e))?;
+    let schedule = checker.schedule(std::mem::take(&mut raw.schedule))?;
+    Ok(Config {
+        policy: checker.validate(raw)?,
+        schedule,
+    })
 }
 
 struct Checker<'a> {
@@ -265,6 +305,34 @@ impl Checker<'_> {
             "keep" => Some(Removal::Keep),
             _ => None,
         })
+    }
+
+    fn schedule(&self, raw: RawSchedule) -> Result<Schedule, ConfigError> {
+        let d = Schedule::default();
+        let cron = match raw.cron {
+            None => d.cron,
+            Some(list) => list
+                .into_inner()
+                .into_iter()
+                .map(|c| {
+                    let span = c.span();
+                    let text = c.into_inner();
+                    crate::schedule::parse_cron(&text).map(|_| text.clone()).map_err(|e| {
+                        self.error(span, "schedule.cron", format!("`{text}` is not valid: {e}; expected a 5-field cron expression such as \"0 2 * * *\" (UTC)"))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let check_every = self.duration(raw.check_every, "schedule.check_every", d.check_every)?;
+        if check_every.is_zero() {
+            return Err(ConfigError {
+                file: self.file.to_string(),
+                line: None,
+                key: Some("schedule.check_every".into()),
+                message: "must be at least 1s".into(),
+            });
+        }
+        Ok(Schedule { cron, check_every })
     }
 
     fn validate(&self, raw: RawConfig) -> Result<Policy, ConfigError> {
@@ -554,8 +622,8 @@ mod tests {
 
     #[test]
     fn the_default_file_is_the_default_policy() {
-        assert_eq!(parse(DEFAULT_CONFIG, "default").unwrap(), Policy::default());
-        assert_eq!(parse("", "empty").unwrap(), Policy::default());
+        assert_eq!(parse(DEFAULT_CONFIG, "default").unwrap(), Config::default());
+        assert_eq!(parse("", "empty").unwrap(), Config::default());
     }
 
     #[test]
@@ -597,6 +665,11 @@ mod tests {
                 "whole number",
             ),
             ("[keep]\nimages = \"ubuntu\"\n", "keep.images", "list"),
+            (
+                "[schedule]\ncron = [\"0 2 * *\"]\n",
+                "schedule.cron",
+                "5-field",
+            ),
         ];
         for (text, key, allowed) in cases {
             let e = err(text);

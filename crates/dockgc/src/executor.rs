@@ -17,7 +17,7 @@ use futures::future::join_all;
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use crate::audit::{Audit, Event};
+use crate::audit::{AuditSink, Event};
 
 /// Caps on one run.
 #[derive(Debug, Clone, Copy)]
@@ -115,7 +115,7 @@ pub struct Executor<'a> {
     /// The policy steps are re-checked against.
     pub policy: &'a Policy,
     /// The audit trail.
-    pub audit: &'a mut Audit,
+    pub audit: &'a mut dyn AuditSink,
     /// Caps.
     pub limits: Limits,
     /// Progress bar, on a terminal.
@@ -126,6 +126,8 @@ pub struct Executor<'a> {
     pub deletions: usize,
     /// Bytes deleted so far in this run (across rounds).
     pub bytes: u64,
+    /// Cancelled on shutdown: the chunk in flight finishes, nothing new starts.
+    pub stop: Option<tokio_util::sync::CancellationToken>,
 }
 
 /// Whether image `a` is an ancestor of image `b` (its layers are a proper prefix of b's).
@@ -193,6 +195,11 @@ impl Executor<'_> {
         }
     }
 
+    /// Whether shutdown was asked for.
+    pub fn stopping(&self) -> bool {
+        self.stop.as_ref().is_some_and(|s| s.is_cancelled())
+    }
+
     /// The filesystem now, when measurable.
     pub fn measure(&self) -> Option<Filesystem> {
         self.engine.filesystem()
@@ -240,7 +247,10 @@ impl Executor<'_> {
                     kind: step.kind.to_string(),
                     id: step.id.clone(),
                     name: step.name.clone(),
-                    reason: format!("{:?}", step.reason).to_lowercase(),
+                    reason: serde_json::to_value(step.reason)?
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
                     rule: step.rule.clone(),
                     bytes: step.bytes,
                     disk_bytes: step.disk_bytes,
@@ -408,4 +418,172 @@ fn push(report: &mut Report, step: &Step, outcome: Outcome, detail: Option<Strin
         outcome,
         detail,
     });
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Target reached, or no target.
+    Done,
+    /// The target is still out of reach under the policy.
+    TargetNotReached,
+    /// A deletion failed or the engine went away.
+    Error,
+}
+
+/// What to execute.
+pub struct Job<'a> {
+    /// The engine.
+    pub engine: &'a Engine,
+    /// The policy.
+    pub policy: &'a Policy,
+    /// The plan.
+    pub plan: &'a dockgc_core::Plan,
+    /// The snapshot it was made from.
+    pub snapshot: &'a Snapshot,
+    /// The request it was made for.
+    pub request: &'a dockgc_core::Request,
+    /// Whether to plan again from fresh facts when the measured usage is still above the
+    /// target (not for a saved plan, which runs exactly as shown).
+    pub replan: bool,
+    /// The use history to plan again with.
+    pub history: &'a dyn Fn(&Snapshot) -> dockgc_core::History,
+}
+
+/// A finished run.
+#[derive(Debug)]
+pub struct Done {
+    /// Each step's outcome.
+    pub report: Report,
+    /// The filesystem after, when measurable.
+    pub after: Option<Filesystem>,
+    /// Disk bytes freed (statvfs), when measurable.
+    pub freed_disk_bytes: Option<u64>,
+    /// How it ended.
+    pub status: RunStatus,
+}
+
+/// Runs a plan as the safety protocol, with the run's start and end in the audit trail. An
+/// optimistic estimate must not leave the disk above the target: while it is, plan again
+/// from fresh facts (estimates corrected by what was really freed) and go on, at most
+/// three rounds.
+pub async fn execute(
+    job: Job<'_>,
+    audit: &mut dyn AuditSink,
+    limits: Limits,
+    progress: Option<ProgressBar>,
+    stop: Option<tokio_util::sync::CancellationToken>,
+) -> Result<Done> {
+    const MAX_ROUNDS: usize = 3;
+    let engine = job.engine;
+    let before = engine.filesystem();
+    audit.write(
+        0,
+        Event::RunStart {
+            steps: job.plan.steps.len(),
+            planned_bytes: job.plan.reclaim_bytes,
+            planned_disk_bytes: job.plan.reclaim_disk_bytes,
+        },
+    )?;
+    audit.sync()?;
+    let target_used = job.plan.target.as_ref().and_then(|t| t.used_bytes);
+    let mut executor = Executor {
+        engine,
+        policy: job.policy,
+        audit,
+        limits,
+        progress: progress.clone(),
+        seq: 0,
+        deletions: 0,
+        bytes: 0,
+        stop,
+    };
+    let mut report = Report::default();
+    executor
+        .run(&job.plan.steps, job.snapshot, target_used, &mut report)
+        .await?;
+    let mut round = 1;
+    while let (Some(target), None, true) = (target_used, &report.aborted, job.replan) {
+        let Some(fs) = executor.measure() else { break };
+        let removed_before = report.count(Outcome::Removed);
+        if fs.used_bytes <= target
+            || round >= MAX_ROUNDS
+            || removed_before == 0
+            || executor.stopping()
+        {
+            break;
+        }
+        let correction = match (before, report.removed_disk_bytes()) {
+            (Some(b), predicted) if predicted > 0 => {
+                (b.used_bytes.saturating_sub(fs.used_bytes) as f64 / predicted as f64)
+                    .clamp(0.25, 1.0)
+            }
+            _ => 1.0,
+        };
+        let snapshot = engine.snapshot(chrono::Utc::now().timestamp()).await?;
+        let request = dockgc_core::Request {
+            disk_correction: correction,
+            ..job.request.clone()
+        };
+        let again = dockgc_core::plan(&snapshot, &(job.history)(&snapshot), job.policy, &request);
+        if again.steps.is_empty() {
+            break;
+        }
+        if let Some(p) = &progress {
+            p.inc_length(again.steps.len() as u64);
+        }
+        let round_target = again
+            .target
+            .as_ref()
+            .and_then(|t| t.used_bytes)
+            .or(Some(target));
+        executor
+            .run(&again.steps, &snapshot, round_target, &mut report)
+            .await?;
+        if report.count(Outcome::Removed) == removed_before {
+            break;
+        }
+        round += 1;
+    }
+    if let Some(p) = &progress {
+        p.finish_and_clear();
+    }
+    let after = engine.filesystem();
+    let freed_disk_bytes = before
+        .zip(after)
+        .map(|(b, a)| b.used_bytes.saturating_sub(a.used_bytes));
+    let target_missed = match (target_used, after) {
+        (Some(t), Some(a)) => a.used_bytes > t,
+        _ => matches!(
+            job.plan.target_status,
+            dockgc_core::plan::TargetStatus::Unreachable { .. }
+        ),
+    };
+    let status = if report.aborted.is_some() || report.count(Outcome::Failed) > 0 {
+        RunStatus::Error
+    } else if target_missed {
+        RunStatus::TargetNotReached
+    } else {
+        RunStatus::Done
+    };
+    let audit = executor.audit;
+    audit.write(
+        0,
+        Event::RunEnd {
+            removed: report.count(Outcome::Removed),
+            freed_disk_bytes,
+            status: serde_json::to_value(status)?
+                .as_str()
+                .unwrap_or("unknown")
+                .to_string(),
+        },
+    )?;
+    audit.sync()?;
+    Ok(Done {
+        report,
+        after,
+        freed_disk_bytes,
+        status,
+    })
 }

@@ -6,8 +6,11 @@
 mod audit;
 mod cli;
 mod config;
+mod daemon;
 mod executor;
 mod output;
+mod schedule;
+mod store;
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -23,7 +26,7 @@ use dockgc_docker::{Engine, Environment};
 use serde::Serialize;
 
 use crate::cli::{Cli, Command, ConfigCommand, Format, GoalArgs, PruneArgs, Source};
-use crate::executor::{Executor, Limits, Outcome, Report};
+use crate::executor::{Limits, Outcome, Report};
 
 /// How a command ended; maps onto the documented exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +97,7 @@ async fn run(cli: Cli) -> Result<Exit> {
             source,
             format,
         } => {
-            let (policy, _) = config::load(cli.config.as_deref())?;
+            let policy = config::load(cli.config.as_deref())?.0.policy;
             let snapshot = world(&cli, source).await?;
             let usage = dockgc_core::usage(&snapshot, &History::backfill(&snapshot));
             match format {
@@ -109,11 +112,10 @@ async fn run(cli: Cli) -> Result<Exit> {
             show_skipped,
             format,
         } => {
-            let (policy, _) = config::load(cli.config.as_deref())?;
+            let policy = config::load(cli.config.as_deref())?.0.policy;
             let request = request(goal)?;
             let snapshot = world(&cli, source).await?;
-            let plan =
-                dockgc_core::plan(&snapshot, &History::backfill(&snapshot), &policy, &request);
+            let plan = dockgc_core::plan(&snapshot, &history(&cli, &snapshot)?, &policy, &request);
             match format {
                 Format::Json => println!("{}", to_json(&plan)?),
                 Format::Table => print!("{}", output::plan_table(&plan, &policy, *show_skipped)),
@@ -126,10 +128,10 @@ async fn run(cli: Cli) -> Result<Exit> {
             source,
             format,
         } => {
-            let (policy, _) = config::load(cli.config.as_deref())?;
+            let policy = config::load(cli.config.as_deref())?.0.policy;
             let request = request(goal)?;
             let snapshot = world(&cli, source).await?;
-            let history = History::backfill(&snapshot);
+            let history = history(&cli, &snapshot)?;
             let Some(e) = dockgc_core::explain(&snapshot, &history, &policy, &request, reference)
             else {
                 bail!("no image, container, volume or network matches `{reference}`");
@@ -141,7 +143,231 @@ async fn run(cli: Cli) -> Result<Exit> {
             Ok(Exit::Done)
         }
         Command::Prune(args) => prune(&cli, args).await,
+        Command::Run { parallel } => {
+            let endpoint =
+                dockgc_docker::endpoint::resolve(&Environment::from_process(cli.host.clone()))?;
+            // Fail fast on a bad config, before anything starts.
+            config::load(cli.config.as_deref())?;
+            let stop = tokio_util::sync::CancellationToken::new();
+            daemon::run(
+                daemon::Options {
+                    state_dir: state_dir(&cli),
+                    config_path: cli.config.clone(),
+                    endpoint,
+                    timeout: Duration::from_secs(cli.timeout),
+                    parallel: usize::from(*parallel),
+                },
+                stop,
+            )
+            .await?;
+            Ok(Exit::Done)
+        }
+        Command::Status { format } => status(&cli, *format),
+        Command::Log {
+            since,
+            kind,
+            format,
+        } => log(&cli, since.as_deref(), kind.as_deref(), *format),
+        Command::Trigger => trigger(&cli),
     }
+}
+
+fn state_dir(cli: &Cli) -> std::path::PathBuf {
+    cli.state_dir
+        .clone()
+        .unwrap_or_else(store::default_state_dir)
+}
+
+fn open_store(cli: &Cli) -> Result<store::Store> {
+    let dir = state_dir(cli);
+    store::Store::open_existing(&dir)?.with_context(|| {
+        format!(
+            "no dockgc state in {} (has `dockgc run` run there? --state-dir names another)",
+            dir.display()
+        )
+    })
+}
+
+/// The use history to plan with: the governor's, when its state exists, completed by what
+/// the engine knows.
+fn history(cli: &Cli, snapshot: &Snapshot) -> Result<History> {
+    Ok(with_stored(snapshot, &stored_history(cli)?))
+}
+
+/// The governor's persisted history, or an empty one.
+fn stored_history(cli: &Cli) -> Result<History> {
+    match store::Store::open_existing(&state_dir(cli))? {
+        Some(store) => store.history(),
+        None => Ok(History::default()),
+    }
+}
+
+/// What the engine knows of `snapshot`, completed by a stored history.
+fn with_stored(snapshot: &Snapshot, stored: &History) -> History {
+    let mut history = History::backfill(snapshot);
+    history.merge(stored);
+    history
+}
+
+fn status(cli: &Cli, format: Format) -> Result<Exit> {
+    let store = open_store(cli)?;
+    let status: Option<daemon::Status> = store
+        .meta("status")?
+        .and_then(|s| serde_json::from_str(&s).ok());
+    let cycles = store.cycles(10)?;
+    let alive = status.as_ref().is_some_and(|s| {
+        std::path::Path::new(&format!("/proc/{}", s.pid)).exists() && now() - s.updated < 600
+    });
+    match format {
+        Format::Json => println!(
+            "{}",
+            to_json(
+                &serde_json::json!({"version": 1, "running": alive, "status": status, "cycles": cycles})
+            )?
+        ),
+        Format::Table => {
+            use std::fmt::Write as _;
+            let mut out = String::new();
+            match &status {
+                None => out.push_str("Governor: never ran with this state directory\n"),
+                Some(s) => {
+                    let _ = writeln!(
+                        out,
+                        "Governor: {} (pid {}, updated {}s ago)",
+                        if alive { "running" } else { "not running" },
+                        s.pid,
+                        now() - s.updated
+                    );
+                    let _ = writeln!(
+                        out,
+                        "Engine: {} {}{}",
+                        s.endpoint,
+                        s.engine,
+                        s.engine_error
+                            .as_ref()
+                            .map_or(String::new(), |e| format!(" ({e})"))
+                    );
+                    match &s.filesystem {
+                        Some(fs) => {
+                            let _ = writeln!(
+                                out,
+                                "Disk: {:.1}% used, {} free; high {}, low {}",
+                                fs.used_percent(),
+                                format_bytes(fs.available_bytes),
+                                s.high,
+                                s.low
+                            );
+                        }
+                        None => {
+                            let _ = writeln!(
+                                out,
+                                "Disk: not measured yet; high {}, low {}",
+                                s.high, s.low
+                            );
+                        }
+                    }
+                    if let Some(next) = s
+                        .next_schedule
+                        .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+                    {
+                        let _ = writeln!(out, "Next scheduled cycle: {}", next.to_rfc3339());
+                    }
+                    if let Some(e) = &s.reload_error {
+                        let _ = writeln!(out, "Last reload refused: {e}");
+                    }
+                }
+            }
+            out.push_str("\nLast cycles:\n");
+            if cycles.is_empty() {
+                out.push_str("  none\n");
+            }
+            for c in &cycles {
+                let at = chrono::DateTime::from_timestamp(c.started, 0)
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "  #{} {at} {} {}: {}",
+                    c.id, c.trigger, c.status, c.message
+                );
+            }
+            print!("{out}");
+        }
+    }
+    Ok(Exit::Done)
+}
+
+fn log(cli: &Cli, since: Option<&str>, kind: Option<&str>, format: Format) -> Result<Exit> {
+    let since = match since {
+        Some(text) => {
+            let d = config::parse_duration(text).with_context(|| {
+                format!("--since `{text}`: expected a duration such as 24h or 7d")
+            })?;
+            now() - i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+        }
+        None => 0,
+    };
+    let store = open_store(cli)?;
+    let records = store.audit_records(since, kind)?;
+    match format {
+        Format::Json => println!(
+            "{}",
+            to_json(&serde_json::json!({"version": 1, "records": records}))?
+        ),
+        Format::Table => {
+            for r in &records {
+                let what = match &r.event {
+                    audit::Event::Intent {
+                        kind,
+                        name,
+                        reason,
+                        rule,
+                        bytes,
+                        ..
+                    } => format!(
+                        "intent  {kind} {name}: {reason} ({rule}), {}",
+                        format_bytes(*bytes)
+                    ),
+                    audit::Event::Outcome { outcome, detail } => format!(
+                        "outcome {outcome}{}",
+                        detail.as_ref().map_or(String::new(), |d| format!(": {d}"))
+                    ),
+                    audit::Event::RunStart {
+                        steps,
+                        planned_disk_bytes,
+                        ..
+                    } => format!(
+                        "start   {steps} step(s), {} planned",
+                        format_bytes(*planned_disk_bytes)
+                    ),
+                    audit::Event::RunEnd {
+                        removed,
+                        freed_disk_bytes,
+                        status,
+                    } => format!(
+                        "end     {status}: {removed} removed, {} freed",
+                        freed_disk_bytes.map_or("?".into(), format_bytes)
+                    ),
+                };
+                println!("{} {} #{:<4} {what}", r.time, r.run, r.seq);
+            }
+        }
+    }
+    Ok(Exit::Done)
+}
+
+fn trigger(cli: &Cli) -> Result<Exit> {
+    let store = open_store(cli)?;
+    let pid: i32 = store
+        .meta("pid")?
+        .and_then(|p| p.parse().ok())
+        .context("the governor has not recorded its pid")?;
+    let process = rustix::process::Pid::from_raw(pid).context("a bad pid in the state")?;
+    rustix::process::kill_process(process, rustix::process::Signal::USR1).with_context(|| {
+        format!("cannot signal the governor (pid {pid}); is `dockgc run` running?")
+    })?;
+    println!("asked the governor (pid {pid}) for a cycle");
+    Ok(Exit::Done)
 }
 
 /// The exit of a plan that is only shown: 1 when its target is out of reach.
@@ -231,7 +457,7 @@ struct PruneOutput<'a> {
 }
 
 async fn prune(cli: &Cli, args: &PruneArgs) -> Result<Exit> {
-    let (policy, _) = config::load(cli.config.as_deref())?;
+    let policy = config::load(cli.config.as_deref())?.0.policy;
     let max_bytes = match &args.max_bytes {
         Some(text) => Some(
             config::parse_size(text)
@@ -240,11 +466,17 @@ async fn prune(cli: &Cli, args: &PruneArgs) -> Result<Exit> {
         None => None,
     };
     let request = request(&args.goal)?;
+    let stored = stored_history(cli)?;
     let engine = connect(cli).await?;
     let snapshot = engine.snapshot(now()).await?;
     let plan = match &args.plan {
         Some(path) => read_plan(path)?,
-        None => dockgc_core::plan(&snapshot, &History::backfill(&snapshot), &policy, &request),
+        None => dockgc_core::plan(
+            &snapshot,
+            &with_stored(&snapshot, &stored),
+            &policy,
+            &request,
+        ),
     };
     let table = args.format == Format::Table;
     if table {
@@ -272,28 +504,43 @@ async fn prune(cli: &Cli, args: &PruneArgs) -> Result<Exit> {
         return Ok(Exit::Done);
     }
 
-    let audit_path = args.audit_file.clone().unwrap_or_else(audit::default_path);
     let run_id = format!(
         "{}-{}",
         chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
         std::process::id()
     );
-    let (mut audit, closed) = audit::Audit::open(&audit_path, run_id)?;
-    if closed > 0 {
-        eprintln!(
-            "dockgc: closed {closed} intent(s) of an interrupted run in {}",
-            audit_path.display()
-        );
-    }
-    let before = engine.filesystem();
-    audit.write(
-        0,
-        audit::Event::RunStart {
-            steps: plan.steps.len(),
-            planned_bytes: plan.reclaim_bytes,
-            planned_disk_bytes: plan.reclaim_disk_bytes,
-        },
-    )?;
+    // The audit trail: a JSON-lines file when asked for, else the state database.
+    let mut file_audit;
+    let mut store;
+    let mut db_audit;
+    let audit: &mut dyn audit::AuditSink = match &args.audit_file {
+        Some(path) => {
+            let closed;
+            (file_audit, closed) = audit::Audit::open(path, run_id)?;
+            if closed > 0 {
+                eprintln!(
+                    "dockgc: closed {closed} intent(s) of an interrupted run in {}",
+                    path.display()
+                );
+            }
+            &mut file_audit
+        }
+        None => {
+            store = store::Store::open(&state_dir(cli))?;
+            let closed = store.close_open_intents()?;
+            if closed > 0 {
+                eprintln!(
+                    "dockgc: closed {closed} intent(s) of an interrupted run in {}",
+                    store.path().display()
+                );
+            }
+            db_audit = store::DbAudit {
+                store: &mut store,
+                run: run_id,
+            };
+            &mut db_audit
+        }
+    };
     let progress = (table && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(plan.steps.len() as u64);
         if let Ok(style) =
@@ -303,104 +550,38 @@ async fn prune(cli: &Cli, args: &PruneArgs) -> Result<Exit> {
         }
         bar
     });
-    let target_used = plan.target.as_ref().and_then(|t| t.used_bytes);
-    let mut executor = Executor {
-        engine: &engine,
-        policy: &policy,
-        audit: &mut audit,
-        limits: Limits {
-            max_deletions: args.max_deletions,
-            max_bytes,
-            parallel: usize::from(args.parallel),
+    let limits = Limits {
+        max_deletions: args.max_deletions,
+        max_bytes,
+        parallel: usize::from(args.parallel),
+    };
+    let done = executor::execute(
+        executor::Job {
+            engine: &engine,
+            policy: &policy,
+            plan: &plan,
+            snapshot: &snapshot,
+            request: &request,
+            replan: args.plan.is_none(),
+            history: &|s: &Snapshot| with_stored(s, &stored),
         },
-        progress: progress.clone(),
-        seq: 0,
-        deletions: 0,
-        bytes: 0,
+        audit,
+        limits,
+        progress,
+        None,
+    )
+    .await?;
+    let (report, after, freed_disk) = (&done.report, done.after, done.freed_disk_bytes);
+    let exit = match done.status {
+        executor::RunStatus::Done => Exit::Done,
+        executor::RunStatus::TargetNotReached => Exit::TargetNotReached,
+        executor::RunStatus::Error => Exit::Error,
     };
-    let mut report = Report::default();
-    executor
-        .run(&plan.steps, &snapshot, target_used, &mut report)
-        .await?;
-
-    // An optimistic estimate must not leave the disk above the target: plan again from
-    // fresh facts, with estimates corrected by what was really freed, and go on.
-    const MAX_ROUNDS: usize = 3;
-    let mut round = 1;
-    while let (Some(target), None, None) = (target_used, &report.aborted, &args.plan) {
-        let Some(fs) = executor.measure() else { break };
-        let removed_before = report.count(Outcome::Removed);
-        if fs.used_bytes <= target || round >= MAX_ROUNDS || removed_before == 0 {
-            break;
-        }
-        let correction = match (before, report.removed_disk_bytes()) {
-            (Some(b), predicted) if predicted > 0 => {
-                (b.used_bytes.saturating_sub(fs.used_bytes) as f64 / predicted as f64)
-                    .clamp(0.25, 1.0)
-            }
-            _ => 1.0,
-        };
-        let snapshot = engine.snapshot(now()).await?;
-        let again = dockgc_core::plan(
-            &snapshot,
-            &History::backfill(&snapshot),
-            &policy,
-            &Request {
-                disk_correction: correction,
-                ..request.clone()
-            },
-        );
-        if again.steps.is_empty() {
-            break;
-        }
-        if let Some(p) = &progress {
-            p.inc_length(again.steps.len() as u64);
-        }
-        let round_target = again
-            .target
-            .as_ref()
-            .and_then(|t| t.used_bytes)
-            .or(Some(target));
-        executor
-            .run(&again.steps, &snapshot, round_target, &mut report)
-            .await?;
-        if report.count(Outcome::Removed) == removed_before {
-            break;
-        }
-        round += 1;
-    }
-    if let Some(p) = &progress {
-        p.finish_and_clear();
-    }
-    let after = engine.filesystem();
-    let freed_disk = before
-        .zip(after)
-        .map(|(b, a)| b.used_bytes.saturating_sub(a.used_bytes));
-    let failed = report.count(Outcome::Failed);
-    let target_missed = match (target_used, after) {
-        (Some(t), Some(a)) => a.used_bytes > t,
-        _ => matches!(plan.target_status, TargetStatus::Unreachable { .. }),
-    };
-    let exit = if report.aborted.is_some() || failed > 0 {
-        Exit::Error
-    } else if target_missed {
-        Exit::TargetNotReached
-    } else {
-        Exit::Done
-    };
-    audit.write(
-        0,
-        audit::Event::RunEnd {
-            removed: report.count(Outcome::Removed),
-            freed_disk_bytes: freed_disk,
-            status: format!("{exit:?}").to_lowercase(),
-        },
-    )?;
 
     if table {
         print!(
             "{}",
-            report_text(&report, freed_disk, after.as_ref(), &policy)
+            report_text(report, freed_disk, after.as_ref(), &policy)
         );
     } else {
         let code = match exit {
@@ -413,7 +594,7 @@ async fn prune(cli: &Cli, args: &PruneArgs) -> Result<Exit> {
             to_json(&PruneOutput {
                 version: 1,
                 plan: &plan,
-                report: &report,
+                report,
                 freed_disk_bytes: freed_disk,
                 filesystem_after: after,
                 exit_code: code

@@ -175,6 +175,7 @@ impl PrivateEngine {
             .envs(env.iter().copied())
             .env_remove("DOCKER_HOST")
             .env_remove("DOCKGC_CONFIG")
+            .env("DOCKGC_STATE_DIR", self.scratch().join("state"))
             .stdin(Stdio::null())
             .output()
             .expect("run dockgc")
