@@ -184,6 +184,8 @@ struct Governor {
     /// After a cycle that could not reach its target: the usage then, so the monitor does not
     /// run the same futile cycle every few seconds.
     stuck_at: Option<(u64, std::time::Instant)>,
+    /// Usage crossed high and is not back under low yet.
+    pressure: bool,
 }
 
 fn now() -> i64 {
@@ -220,6 +222,7 @@ pub async fn run(options: Options, stop: CancellationToken) -> Result<()> {
         schedules: schedules_tx,
         stop: stop.clone(),
         stuck_at: None,
+        pressure: false,
     };
     governor
         .store
@@ -383,10 +386,14 @@ impl Governor {
             return;
         }
         log("engine up; reconciling the use history");
-        if let Err(e) = self.reconcile_history().await {
-            log(&format!(
+        match self.reconcile_history().await {
+            Ok(s) => log(&format!(
+                "use history reconciled ({} images)",
+                s.images.len()
+            )),
+            Err(e) => log(&format!(
                 "reconciling the use history failed (will retry): {e:#}"
-            ));
+            )),
         }
         self.check_watermark(None).await;
     }
@@ -520,9 +527,14 @@ impl Governor {
         };
         self.status.filesystem = Some(fs);
         let disk = &self.config.policy.disk;
-        let over = fs.used_bytes > disk.high.used_bytes_on(&fs)
+        let over_high = fs.used_bytes > disk.high.used_bytes_on(&fs)
             || fs.used_inodes_percent() > disk.inodes_high;
-        if !over {
+        let over_low = fs.used_bytes > disk.low.used_bytes_on(&fs)
+            || fs.used_inodes_percent() > disk.inodes_low;
+        // Hysteresis: pressure starts above high and lasts until usage is back under low, so
+        // data arriving during a cycle does not leave the disk between the two.
+        self.pressure = (self.pressure || over_high) && over_low;
+        if !self.pressure {
             self.stuck_at = None;
             return;
         }
@@ -586,7 +598,17 @@ impl Governor {
         let snapshot = self.reconcile_history().await?;
         let history = self.history(&snapshot);
         let policy: Policy = self.config.policy.clone();
-        let request = Request::default();
+        // Under pressure between the watermarks, the plan still frees down to low.
+        let request = match (self.pressure, snapshot.filesystem) {
+            (true, Some(fs)) => Request {
+                goal: dockgc_core::Goal::FreeBytes(
+                    fs.used_bytes
+                        .saturating_sub(policy.disk.low.used_bytes_on(&fs)),
+                ),
+                ..Request::default()
+            },
+            _ => Request::default(),
+        };
         let plan = dockgc_core::plan(&snapshot, &history, &policy, &request);
         let planned = plan.reclaim_disk_bytes;
         if plan.steps.is_empty() {

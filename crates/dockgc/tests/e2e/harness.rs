@@ -44,6 +44,7 @@ pub struct PrivateEngine {
     /// The engine's API socket.
     pub socket: PathBuf,
     child: Option<Child>,
+    extra_args: Vec<String>,
 }
 
 impl PrivateEngine {
@@ -84,49 +85,64 @@ impl PrivateEngine {
             .arg(&image)
             .arg(&root));
         let socket = dir.path().join("d.sock");
-        let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
+        let mut args: Vec<String> = tcp
+            .map(|(p, _)| format!("-H=tcp://127.0.0.1:{p}"))
+            .into_iter()
+            .collect();
+        if let Some(d) = tcp.and_then(|(_, tls)| tls) {
+            args.extend([
+                "--tlsverify".to_string(),
+                format!("--tlscacert={}", d.join("ca.pem").display()),
+                format!("--tlscert={}", d.join("server-cert.pem").display()),
+                format!("--tlskey={}", d.join("server-key.pem").display()),
+            ]);
+        }
+        let mut engine = Self {
+            dir,
+            root,
+            socket,
+            child: None,
+            extra_args: args,
+        };
+        engine.start_dockerd();
+        engine
+    }
+
+    /// Starts dockerd on this engine's data root (again, after [`PrivateEngine::stop`]).
+    pub fn start_dockerd(&mut self) {
+        let dir = self.dir.path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("dockerd.log"))
+            .unwrap();
         let child = Command::new("/usr/sbin/dockerd")
             .arg("--data-root")
-            .arg(&root)
+            .arg(&self.root)
             .arg("--exec-root")
-            .arg(dir.path().join("x"))
+            .arg(dir.join("x"))
             .arg("--pidfile")
-            .arg(dir.path().join("d.pid"))
+            .arg(dir.join("d.pid"))
             .arg("-H")
-            .arg(format!("unix://{}", socket.display()))
+            .arg(format!("unix://{}", self.socket.display()))
             .args(["--bridge=none", "--iptables=false", "--ip-masq=false"])
-            .args(tcp.map(|(p, _)| format!("-H=tcp://127.0.0.1:{p}")))
-            .args(tcp.and_then(|(_, tls)| tls).into_iter().flat_map(|d| {
-                [
-                    "--tlsverify".to_string(),
-                    format!("--tlscacert={}", d.join("ca.pem").display()),
-                    format!("--tlscert={}", d.join("server-cert.pem").display()),
-                    format!("--tlskey={}", d.join("server-key.pem").display()),
-                ]
-            }))
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start dockerd");
-        let engine = Self {
-            dir,
-            root,
-            socket,
-            child: Some(child),
-        };
+        self.child = Some(child);
         wait_for(
             "the private dockerd to answer",
             Duration::from_secs(60),
             || {
-                engine
-                    .docker_output(&["version", "--format", "{{.Server.APIVersion}}"])
+                self.docker_output(&["version", "--format", "{{.Server.APIVersion}}"])
                     .status
                     .success()
                     .then_some(())
             },
         );
-        engine
     }
 
     /// The engine's URL for `--host`.
@@ -184,6 +200,11 @@ impl PrivateEngine {
     /// GETs an API path and decodes the JSON body.
     pub fn api(&self, path: &str) -> serde_json::Value {
         api_get(&self.socket, path)
+    }
+
+    /// POSTs an API path (no body).
+    pub fn api_post(&self, path: &str) {
+        api_post(&self.socket, path)
     }
 
     /// `LayersSize` of `/system/df`.
@@ -326,6 +347,23 @@ pub fn make_certificates(dir: &Path) {
     }
     std::fs::rename(dir.join("client-cert.pem"), dir.join("cert.pem")).unwrap();
     std::fs::rename(dir.join("client-key.pem"), dir.join("key.pem")).unwrap();
+}
+
+/// POST without a body over a Unix socket; panics unless the engine answers 2xx.
+pub fn api_post(socket: &Path, path: &str) {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: docker\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.0 2") || response.starts_with("HTTP/1.1 2"),
+        "POST {path}: {response}"
+    );
 }
 
 /// GET over a Unix socket with HTTP/1.0 (no chunked replies), JSON body.

@@ -5,6 +5,7 @@
 
 mod archive;
 mod fixtures;
+mod governor;
 mod harness;
 
 use std::collections::HashSet;

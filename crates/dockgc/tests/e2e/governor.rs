@@ -1,0 +1,489 @@
+//! `dockgc run` end to end: watermarks, persistence across restarts, gaps in the event
+//! stream, crashes, engine restarts and config reloads.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::archive::{Image, Layer};
+use crate::fixtures::load;
+use crate::harness::{wait_for, PrivateEngine};
+
+/// A running `dockgc run` against a private engine.
+pub struct Governor {
+    child: Option<Child>,
+    /// Its state directory.
+    pub state: PathBuf,
+    /// Its config file.
+    pub config: PathBuf,
+    host: String,
+}
+
+impl Governor {
+    /// Starts the governor with `config` (TOML text).
+    pub fn start(engine: &PrivateEngine, config: &str) -> Self {
+        let state = engine.scratch().join("gov-state");
+        let path = engine.scratch().join("gov.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut g = Self {
+            child: None,
+            state,
+            config: path,
+            host: engine.url(),
+        };
+        g.restart();
+        g
+    }
+
+    /// Starts it again (after [`Governor::stop`] or [`Governor::kill9`]).
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state.with_extension("log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_dockgc"))
+            .args(["--host", &self.host, "--state-dir"])
+            .arg(&self.state)
+            .arg("-c")
+            .arg(&self.config)
+            .args(["run", "--parallel", "2"])
+            .env_remove("DOCKER_HOST")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start dockgc run");
+        let pid = child.id();
+        self.child = Some(child);
+        // The status of this process, not one a killed predecessor left behind.
+        self.wait("the governor to report its engine up", 30, || {
+            let s = self.status();
+            (s["status"]["pid"] == pid && s["status"]["engine"] == "up").then_some(())
+        });
+    }
+
+    /// `dockgc status --format json`.
+    pub fn status(&self) -> Value {
+        let out = self.dockgc(&["status", "--format", "json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    /// Runs a dockgc command on the same state.
+    pub fn dockgc(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_dockgc"))
+            .args(["--host", &self.host, "--state-dir"])
+            .arg(&self.state)
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("DOCKER_HOST")
+            .output()
+            .unwrap()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`, `KILL`).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// SIGTERM; returns how long it took to exit, and requires exit status 0.
+    pub fn stop(&mut self) -> Duration {
+        let start = Instant::now();
+        self.signal("TERM");
+        let mut child = self.child.take().unwrap();
+        let status = wait_for("the governor to exit", Duration::from_secs(20), || {
+            child.try_wait().unwrap()
+        });
+        assert!(
+            status.success(),
+            "exit status {status}; log: {}",
+            self.log()
+        );
+        start.elapsed()
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// The governor's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state.with_extension("log")).unwrap_or_default()
+    }
+
+    /// Waits for `check`, or panics with the governor's log.
+    pub fn wait<T>(&self, what: &str, seconds: u64, mut check: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        loop {
+            if let Some(v) = check() {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {seconds}s waiting for {what}; governor log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Number of cycles recorded.
+    pub fn cycles(&self) -> usize {
+        self.status()["cycles"].as_array().map_or(0, Vec::len)
+    }
+}
+
+impl Drop for Governor {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Percentage of the data root's filesystem in use, as `df` computes it.
+fn used_percent(engine: &PrivateEngine) -> f64 {
+    let out = Command::new("df")
+        .args(["-B1", "--output=used,avail"])
+        .arg(&engine.root)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let n: Vec<f64> = text
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    n[0] * 100.0 / (n[0] + n[1])
+}
+
+fn env_image(base: &[Layer], n: usize, mb: usize) -> Image {
+    let mut layers = base.to_vec();
+    layers.push(Layer::random(
+        &format!("opt/env/{n}.bin"),
+        mb * 1_000_000,
+        50_000 + n as u64,
+    ));
+    Image::new(&[&format!("ml/env-{n}:v1")], layers)
+}
+
+fn exists(engine: &PrivateEngine, image: &str) -> bool {
+    engine
+        .docker_output(&["image", "inspect", image])
+        .status
+        .success()
+}
+
+const WATERMARKS: &str = "[disk]\nhigh = \"80%\"\nlow = \"60%\"\n[keep]\nmin_age = \"0\"\nrecent = \"0\"\nper_repository = 0\n[schedule]\ncheck_every = \"1s\"\ncron = [\"0 3 1 1 *\"]\n";
+
+#[test]
+fn watermark_keeps_recently_used_images_across_a_restart() {
+    let engine = PrivateEngine::start(2048);
+    let base = vec![Layer::busybox()];
+    // ~63 %: 48 images of 25 MB, oldest first.
+    for batch in (0..48).collect::<Vec<_>>().chunks(12) {
+        load(
+            &engine,
+            &batch
+                .iter()
+                .map(|&n| env_image(&base, n, 25))
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert!(used_percent(&engine) < 80.0);
+    let mut governor = Governor::start(&engine, WATERMARKS);
+    // The five oldest images run jobs now (containers removed afterwards): the governor's
+    // history, not the engine, is all that remembers this.
+    for n in 0..5 {
+        engine.docker(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            &format!("ml/env-{n}:v1"),
+            "/bin/busybox",
+            "true",
+        ]);
+    }
+    wait_for("the uses to be recorded", Duration::from_secs(10), || {
+        let out = governor.dockgc(&["explain", "ml/env-4:v1", "--format", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let facts = v["facts"].as_array()?;
+        let used = facts.iter().find(|f| f[0] == "last used")?[1]
+            .as_str()?
+            .to_string();
+        (used.ends_with("s ago")
+            && !used.contains('m')
+            && !used.contains('h')
+            && !used.contains('d'))
+        .then_some(())
+    });
+    let took = governor.stop();
+    assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
+
+    // Past 85 % while the governor is stopped, then it starts: down to 60 % within 15 s.
+    for batch in (48..68).collect::<Vec<_>>().chunks(5) {
+        load(
+            &engine,
+            &batch
+                .iter()
+                .map(|&n| env_image(&base, n, 25))
+                .collect::<Vec<_>>(),
+        );
+    }
+    let before = used_percent(&engine);
+    assert!(before > 85.0, "only {before:.1}% used");
+    let start = Instant::now();
+    governor.restart();
+    governor.wait("usage to reach the low watermark", 15, || {
+        (used_percent(&engine) <= 60.0).then_some(())
+    });
+    eprintln!("{before:.1}% -> 60% in {:?}", start.elapsed());
+    for n in 0..5 {
+        assert!(
+            exists(&engine, &format!("ml/env-{n}:v1")),
+            "recently used ml/env-{n} was evicted"
+        );
+    }
+    for n in 5..15 {
+        assert!(
+            !exists(&engine, &format!("ml/env-{n}:v1")),
+            "least recently used ml/env-{n} survived"
+        );
+    }
+
+    // Under the running governor, a load past the high watermark is handled at once.
+    for batch in (68..90).collect::<Vec<_>>().chunks(6) {
+        load(
+            &engine,
+            &batch
+                .iter()
+                .map(|&n| env_image(&base, n, 25))
+                .collect::<Vec<_>>(),
+        );
+    }
+    governor.wait("usage back under low", 15, || {
+        (used_percent(&engine) <= 60.0).then_some(())
+    });
+    assert!(governor.cycles() >= 2, "{}", governor.log());
+    let took = governor.stop();
+    assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
+}
+
+#[test]
+fn a_gap_in_the_event_stream_and_a_crash_mid_cycle() {
+    let engine = PrivateEngine::start(1024);
+    let base = vec![Layer::busybox()];
+    load(
+        &engine,
+        &(0..40).map(|n| env_image(&base, n, 2)).collect::<Vec<_>>(),
+    );
+    let config = "[keep]\nmin_age = \"0\"\nrecent = \"0\"\nper_repository = 0\n[images]\nunused = \"lru\"\n[schedule]\ncheck_every = \"1s\"\ncron = [\"0 3 1 1 *\"]\n";
+    let mut governor = Governor::start(&engine, config);
+    governor.stop();
+    // While stopped: use an image (its container stays), then bury the use under more than
+    // 256 events, the engine's replay buffer.
+    let cid = engine.docker(&[
+        "create",
+        "--network",
+        "none",
+        "ml/env-3:v1",
+        "/bin/busybox",
+        "true",
+    ]);
+    engine.docker(&["start", "-a", &cid]);
+    for i in 0..300 {
+        engine.api_post(&format!("/images/ml%2Fenv-39:v1/tag?repo=noise&tag=t{i}"));
+    }
+    let reconciled = governor.log().matches("use history reconciled").count();
+    governor.restart();
+    governor.wait("the history to be reconciled", 20, || {
+        (governor.log().matches("use history reconciled").count() > reconciled).then_some(())
+    });
+    // Reconciled from the container list: ml/env-3 counts as used after everything else was
+    // loaded, even once its container is gone, so least-recently-used eviction takes the
+    // others first.
+    engine.docker(&["rm", &cid]);
+    let out = governor.dockgc(&["prune", "-f", "--free", "60MB", "--format", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        exists(&engine, "ml/env-3:v1"),
+        "the image used during the gap was evicted"
+    );
+    let left = (0..40)
+        .filter(|n| exists(&engine, &format!("ml/env-{n}:v1")))
+        .count();
+    assert!(
+        left <= 15,
+        "{left} of 40 images left: the eviction did not run"
+    );
+
+    // Crash: kill -9 while a cycle is deleting many small images, then restart.
+    let tiny = Layer::random("t.bin", 10_000, 1);
+    load(
+        &engine,
+        &(0..150)
+            .map(|n| {
+                Image::new(
+                    &[&format!("tiny-{n}:v1")],
+                    vec![tiny.clone(), Layer::random("u.bin", 1_000, 100 + n)],
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
+    let crash_config = config.replace(
+        "per_repository = 0",
+        "per_repository = 0\nimages = [\"ml/env-3:v1\"]",
+    );
+    std::fs::write(
+        &governor.config,
+        format!("{crash_config}[disk]\nhigh = \"1%\"\nlow = \"0.5%\"\n"),
+    )
+    .unwrap();
+    let db = governor.state.join("dockgc.db");
+    let audit_rows = || -> i64 {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.query_row(
+            "SELECT COUNT(*) FROM audit WHERE event = 'intent'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let intents_before = audit_rows();
+    governor.signal("HUP");
+    // Poll tightly: the first intents appear a moment before their deletions finish.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while audit_rows() <= intents_before {
+        assert!(
+            Instant::now() < deadline,
+            "no cycle started: {}",
+            governor.log()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    governor.kill9();
+    let open_intents = |conn: &rusqlite::Connection| -> Vec<(String, i64)> {
+        let mut stmt = conn
+            .prepare(
+                "SELECT run, seq FROM audit i WHERE i.event = 'intent' AND NOT EXISTS (
+                     SELECT 1 FROM audit o WHERE o.run = i.run AND o.seq = i.seq AND o.event = 'outcome')",
+            )
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let crashed = open_intents(&rusqlite::Connection::open(&db).unwrap());
+    assert!(
+        !crashed.is_empty(),
+        "the kill came after the cycle: nothing was interrupted"
+    );
+    governor.restart();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let still_open = open_intents(&conn);
+    for intent in &crashed {
+        assert!(
+            !still_open.contains(intent),
+            "{intent:?} is still open after the restart"
+        );
+        let outcome: String = conn
+            .query_row(
+                "SELECT record FROM audit WHERE run = ?1 AND seq = ?2 AND event = 'outcome'",
+                rusqlite::params![intent.0, intent.1],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(outcome.contains("interrupted"), "{outcome}");
+    }
+    let integrity: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok");
+    assert!(
+        exists(&engine, "ml/env-3:v1"),
+        "a keep-listed image was deleted"
+    );
+    governor.stop();
+}
+
+#[test]
+fn engine_restart_and_config_reload() {
+    let mut engine = PrivateEngine::start(1024);
+    let base = vec![Layer::busybox()];
+    load(
+        &engine,
+        &(0..10).map(|n| env_image(&base, n, 5)).collect::<Vec<_>>(),
+    );
+    let mut governor = Governor::start(&engine, WATERMARKS);
+    assert_eq!(governor.status()["status"]["high"], "80%");
+
+    // A valid new config is taken; an invalid one is refused and the old one kept.
+    std::fs::write(&governor.config, WATERMARKS.replace("80%", "75%")).unwrap();
+    governor.signal("HUP");
+    wait_for("the reload", Duration::from_secs(10), || {
+        (governor.status()["status"]["high"] == "75%").then_some(())
+    });
+    std::fs::write(&governor.config, "[disk]\nhigh = \"lots\"\n").unwrap();
+    governor.signal("HUP");
+    wait_for("the refusal", Duration::from_secs(10), || {
+        governor.status()["status"]["reload_error"]
+            .as_str()
+            .filter(|e| e.contains("disk.high"))
+            .map(|_| ())
+    });
+    assert_eq!(governor.status()["status"]["high"], "75%");
+    assert!(governor.log().contains("config reload refused"));
+
+    // The engine goes away and comes back: the governor says so and reconnects.
+    engine.stop();
+    wait_for(
+        "the governor to see the engine down",
+        Duration::from_secs(20),
+        || (governor.status()["status"]["engine"] == "down").then_some(()),
+    );
+    engine.start_dockerd();
+    wait_for("the governor to reconnect", Duration::from_secs(40), || {
+        (governor.status()["status"]["engine"] == "up").then_some(())
+    });
+    // The next crossing is handled: fill past 75 % until a cycle runs, then wait for 60 %.
+    let cycles = governor.cycles();
+    let mut n = 10;
+    while governor.cycles() == cycles {
+        load(
+            &engine,
+            &(n..n + 10)
+                .map(|n| env_image(&base, n, 8))
+                .collect::<Vec<_>>(),
+        );
+        n += 10;
+        assert!(n < 200, "no cycle ran: {}", governor.log());
+    }
+    governor.wait("usage back under low after the engine restart", 15, || {
+        (used_percent(&engine) <= 60.0).then_some(())
+    });
+    governor.stop();
+}
