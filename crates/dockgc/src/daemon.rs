@@ -642,10 +642,7 @@ impl Governor {
             h.merge(&stored);
             h
         };
-        let mut audit = DbAudit {
-            store: &mut self.store,
-            run,
-        };
+        let mut audit = DbAudit::new(&mut self.store, run);
         let done = executor::execute(
             executor::Job {
                 engine,
@@ -666,6 +663,7 @@ impl Governor {
             Some(self.stop.clone()),
         )
         .await?;
+        drop(audit);
         let failed = done.report.count(Outcome::Failed) as u64;
         let removed = done.report.count(Outcome::Removed) as u64;
         if done.status == RunStatus::TargetNotReached {

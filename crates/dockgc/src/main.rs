@@ -534,10 +534,7 @@ async fn prune(cli: &Cli, args: &PruneArgs) -> Result<Exit> {
                     store.path().display()
                 );
             }
-            db_audit = store::DbAudit {
-                store: &mut store,
-                run: run_id,
-            };
+            db_audit = store::DbAudit::new(&mut store, run_id);
             &mut db_audit
         }
     };

@@ -336,30 +336,72 @@ impl Store {
     }
 }
 
-/// The audit trail of one run, in the state database.
+/// The audit trail of one run, in the state database. A failed write (a full disk) never
+/// stops a run that frees space: the record is kept in memory, reported, and written with
+/// the next record that goes through.
 #[derive(Debug)]
 pub struct DbAudit<'a> {
     /// The database.
     pub store: &'a mut Store,
     /// The run.
     pub run: String,
+    /// Records not written yet.
+    pub pending: Vec<Record>,
+}
+
+impl<'a> DbAudit<'a> {
+    /// The audit trail of run `run`.
+    pub fn new(store: &'a mut Store, run: String) -> Self {
+        Self {
+            store,
+            run,
+            pending: Vec::new(),
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        while let Some(record) = self.pending.first() {
+            self.store.append(record)?;
+            self.pending.remove(0);
+        }
+        Ok(())
+    }
 }
 
 impl AuditSink for DbAudit<'_> {
     fn write(&mut self, seq: u64, event: Event) -> Result<()> {
-        let record = Record {
+        self.pending.push(Record {
             version: AUDIT_VERSION,
             time: crate::audit::now_rfc3339(),
             run: self.run.clone(),
             seq,
             event,
-        };
-        self.store.append(&record)
+        });
+        if let Err(e) = self.flush() {
+            eprintln!(
+                "dockgc: cannot write the audit trail ({} record(s) held, will retry): {e:#}",
+                self.pending.len()
+            );
+        }
+        Ok(())
     }
 
     fn sync(&mut self) -> Result<()> {
-        // Each statement commits with synchronous = FULL.
+        // Each statement commits with synchronous = FULL; retry what is held.
+        let _ = self.flush();
         Ok(())
+    }
+}
+
+impl Drop for DbAudit<'_> {
+    fn drop(&mut self) {
+        if self.flush().is_err() {
+            eprintln!(
+                "dockgc: {} audit record(s) could not be written to {}",
+                self.pending.len(),
+                self.store.path().display()
+            );
+        }
     }
 }
 
@@ -390,10 +432,7 @@ mod tests {
     fn open_intents_and_cycles() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path()).unwrap();
-        let mut audit = DbAudit {
-            store: &mut store,
-            run: "r1".into(),
-        };
+        let mut audit = DbAudit::new(&mut store, "r1".into());
         audit
             .write(
                 1,
@@ -408,11 +447,9 @@ mod tests {
                 },
             )
             .unwrap();
+        drop(audit);
         assert_eq!(store.open_intents().unwrap().len(), 1);
-        let mut audit = DbAudit {
-            store: &mut store,
-            run: "r1".into(),
-        };
+        let mut audit = DbAudit::new(&mut store, "r1".into());
         audit
             .write(
                 1,
@@ -422,6 +459,7 @@ mod tests {
                 },
             )
             .unwrap();
+        drop(audit);
         assert!(store.open_intents().unwrap().is_empty());
         assert_eq!(store.audit_records(0, Some("image")).unwrap().len(), 2);
         let cycle = Cycle {
@@ -438,6 +476,37 @@ mod tests {
         };
         store.record_cycle(&cycle).unwrap();
         assert_eq!(store.cycles(5).unwrap()[0].removed, 1);
+    }
+
+    #[test]
+    fn a_failed_audit_write_is_held_and_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        // Writes fail as they would on a full disk.
+        store.conn.pragma_update(None, "query_only", true).unwrap();
+        let mut audit = DbAudit::new(&mut store, "r".into());
+        let outcome = || Event::Outcome {
+            outcome: "removed".into(),
+            detail: None,
+        };
+        audit.write(1, outcome()).unwrap();
+        audit.write(2, outcome()).unwrap();
+        assert_eq!(audit.pending.len(), 2);
+        audit
+            .store
+            .conn
+            .pragma_update(None, "query_only", false)
+            .unwrap();
+        audit.write(3, outcome()).unwrap();
+        assert!(audit.pending.is_empty());
+        drop(audit);
+        let seqs: Vec<u64> = store
+            .audit_records(0, None)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
     }
 
     #[test]
