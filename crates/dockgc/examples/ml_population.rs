@@ -2,7 +2,9 @@
 //! benchmarks: Miniconda-like bases sharing an OS layer, environment images built on them,
 //! and rebuilt tags that leave the previous builds dangling.
 //!
-//! Usage: `cargo run --example ml_population -- OUT.tar [CHILDREN] [SCALE_MB]`
+//! Usage: `cargo run --example ml_population -- OUT.tar [CHILDREN] [SCALE_MB] [NAME]`
+//! (NAME, default `ml`, names the env repositories and seeds their content, so populations of
+//! different names share only the bases).
 
 #![allow(clippy::unwrap_used)] // Tests and examples fail loudly by design.
 
@@ -19,6 +21,12 @@ fn main() {
     };
     let children: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(40);
     let scale_mb: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(4);
+    let name = args.next().unwrap_or_else(|| "ml".to_string());
+    let salt: u64 = name
+        .bytes()
+        .fold(0, |h, b| h.wrapping_mul(131).wrapping_add(u64::from(b)))
+        % 1_000_000
+        * 100_000;
     let mb = 1_000_000;
     let os = Layer::busybox();
     let bases: Vec<Image> = ["py39", "py310", "py311", "py312"]

@@ -458,6 +458,19 @@ fn engine_restart_and_config_reload() {
     assert_eq!(governor.status()["status"]["high"], "75%");
     assert!(governor.log().contains("config reload refused"));
 
+    // `dockgc trigger` asks the running governor for a cycle.
+    let cycles = governor.cycles();
+    let out = governor.dockgc(&["trigger"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    governor.wait("the triggered cycle", 10, || {
+        (governor.cycles() > cycles).then_some(())
+    });
+    assert_eq!(governor.status()["cycles"][0]["trigger"], "manual");
+
     // The engine goes away and comes back: the governor says so and reconnects.
     engine.stop();
     wait_for(
