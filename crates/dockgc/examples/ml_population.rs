@@ -24,7 +24,7 @@ fn main() {
     let name = args.next().unwrap_or_else(|| "ml".to_string());
     let salt: u64 = name
         .bytes()
-        .fold(0, |h, b| h.wrapping_mul(131).wrapping_add(u64::from(b)))
+        .fold(0u64, |h, b| h.wrapping_mul(131).wrapping_add(u64::from(b)))
         % 1_000_000
         * 100_000;
     let mb = 1_000_000;
