@@ -48,9 +48,9 @@ fn main() {
         layers.push(Layer::random(
             &format!("opt/env/{c}/site-packages.bin"),
             size,
-            100 + c as u64,
+            salt + 100 + c as u64,
         ));
-        images.push(Image::new(&[&format!("ml/env-{c}:latest")], layers));
+        images.push(Image::new(&[&format!("{name}/env-{c}:latest")], layers));
     }
     // Rebuilds of every fifth tag: the earlier builds become dangling on load.
     for c in (0..children).step_by(5) {
@@ -58,9 +58,9 @@ fn main() {
         layers.push(Layer::random(
             &format!("opt/env/{c}/site-packages.bin"),
             scale_mb * mb / 2,
-            10_000 + c as u64,
+            salt + 10_000 + c as u64,
         ));
-        images.push(Image::new(&[&format!("ml/env-{c}:latest")], layers));
+        images.push(Image::new(&[&format!("{name}/env-{c}:latest")], layers));
     }
     std::fs::write(&out, archive::archive(&images)).unwrap_or_else(|e| {
         eprintln!("cannot write {out}: {e}");
