@@ -129,12 +129,7 @@ impl Client {
     ) -> Result<Response, Error> {
         let uri = format!("{}{}", self.prefix, path);
         let exchange = async {
-            let stream = self.connect().await?;
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|e| self.broken(&uri, e))?;
-            tokio::spawn(connection);
+            let mut sender = self.handshake(&uri).await?;
             let mut builder = Request::builder()
                 .method(method)
                 .uri(&uri)
@@ -184,12 +179,7 @@ impl Client {
     pub async fn stream(&self, path: &str) -> Result<LineStream, Error> {
         let uri = format!("{}{}", self.prefix, path);
         let open = async {
-            let stream = self.connect().await?;
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|e| self.broken(&uri, e))?;
-            tokio::spawn(connection);
+            let mut sender = self.handshake(&uri).await?;
             let request = Request::builder()
                 .method(Method::GET)
                 .uri(&uri)
@@ -222,6 +212,19 @@ impl Client {
                 endpoint: self.endpoint.to_string(),
                 message: format!("{uri}: no answer within {}s", self.timeout.as_secs()),
             })?
+    }
+
+    /// Connects and starts an HTTP/1.1 connection for one request to `uri`.
+    async fn handshake(
+        &self,
+        uri: &str,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, Error> {
+        let stream = self.connect().await?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.broken(uri, e))?;
+        tokio::spawn(connection);
+        Ok(sender)
     }
 
     fn broken(&self, uri: &str, e: hyper::Error) -> Error {

@@ -250,10 +250,13 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Audit records since `since` (Unix seconds), optionally of one object kind, oldest first.
+    /// Audit records since `since` (Unix seconds), oldest first. With `kind`, only the intents
+    /// and outcomes of deletions of that kind.
     pub fn audit_records(&self, since: i64, kind: Option<&str>) -> Result<Vec<Record>> {
         let mut stmt = self.conn.prepare(
-            "SELECT record FROM audit WHERE unix >= ?1 AND (?2 IS NULL OR kind = ?2 OR event NOT IN ('intent'))
+            "SELECT record FROM audit a WHERE unix >= ?1 AND (?2 IS NULL OR EXISTS (
+                 SELECT 1 FROM audit i WHERE i.run = a.run AND i.seq = a.seq
+                     AND i.event = 'intent' AND i.kind = ?2))
              ORDER BY id",
         )?;
         let rows = stmt.query_map(params![since, kind], |r| r.get::<_, String>(0))?;

@@ -185,6 +185,25 @@ fn env_image(base: &[Layer], n: usize, mb: usize) -> Image {
     Image::new(&[&format!("ml/env-{n}:v1")], layers)
 }
 
+/// Loads `ml/env-N:v1` for every N of `range`, `per_load` images an archive, `mb` MB each.
+fn load_envs(
+    engine: &PrivateEngine,
+    base: &[Layer],
+    range: std::ops::Range<usize>,
+    per_load: usize,
+    mb: usize,
+) {
+    for batch in range.collect::<Vec<_>>().chunks(per_load) {
+        load(
+            engine,
+            &batch
+                .iter()
+                .map(|&n| env_image(base, n, mb))
+                .collect::<Vec<_>>(),
+        );
+    }
+}
+
 fn exists(engine: &PrivateEngine, image: &str) -> bool {
     engine
         .docker_output(&["image", "inspect", image])
@@ -199,15 +218,7 @@ fn watermark_keeps_recently_used_images_across_a_restart() {
     let engine = PrivateEngine::start(2048);
     let base = vec![Layer::busybox()];
     // ~63 %: 48 images of 25 MB, oldest first.
-    for batch in (0..48).collect::<Vec<_>>().chunks(12) {
-        load(
-            &engine,
-            &batch
-                .iter()
-                .map(|&n| env_image(&base, n, 25))
-                .collect::<Vec<_>>(),
-        );
-    }
+    load_envs(&engine, &base, 0..48, 12, 25);
     assert!(used_percent(&engine) < 80.0);
     let mut governor = Governor::start(&engine, WATERMARKS);
     // The five oldest images run jobs now (containers removed afterwards): the governor's
@@ -240,15 +251,7 @@ fn watermark_keeps_recently_used_images_across_a_restart() {
     assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
 
     // Past 85 % while the governor is stopped, then it starts: down to 60 % within 15 s.
-    for batch in (48..68).collect::<Vec<_>>().chunks(5) {
-        load(
-            &engine,
-            &batch
-                .iter()
-                .map(|&n| env_image(&base, n, 25))
-                .collect::<Vec<_>>(),
-        );
-    }
+    load_envs(&engine, &base, 48..68, 5, 25);
     let before = used_percent(&engine);
     assert!(before > 85.0, "only {before:.1}% used");
     let start = Instant::now();
@@ -271,15 +274,7 @@ fn watermark_keeps_recently_used_images_across_a_restart() {
     }
 
     // Under the running governor, a load past the high watermark is handled at once.
-    for batch in (68..90).collect::<Vec<_>>().chunks(6) {
-        load(
-            &engine,
-            &batch
-                .iter()
-                .map(|&n| env_image(&base, n, 25))
-                .collect::<Vec<_>>(),
-        );
-    }
+    load_envs(&engine, &base, 68..90, 6, 25);
     governor.wait("usage back under low", 15, || {
         (used_percent(&engine) <= 60.0).then_some(())
     });
@@ -339,6 +334,27 @@ fn a_gap_in_the_event_stream_and_a_crash_mid_cycle() {
         left <= 15,
         "{left} of 40 images left: the eviction did not run"
     );
+    // The prune's intents and outcomes are in the state's audit trail.
+    let log = governor.dockgc(&[
+        "log", "--since", "1h", "--kind", "image", "--format", "json",
+    ]);
+    let log: Value = serde_json::from_slice(&log.stdout).unwrap();
+    let records = log["records"].as_array().unwrap();
+    let intents = records
+        .iter()
+        .filter(|r| r["event"] == "intent" && r["kind"] == "image")
+        .count();
+    let removed = records
+        .iter()
+        .filter(|r| r["event"] == "outcome" && r["outcome"] == "removed")
+        .count();
+    assert!(
+        intents >= 25 && removed == intents,
+        "{intents} intents, {removed} removed"
+    );
+    assert!(records
+        .iter()
+        .all(|r| r["kind"] == "image" || r["event"] == "outcome"));
 
     // Crash: kill -9 while a cycle is deleting many small images, then restart.
     let tiny = Layer::random("t.bin", 10_000, 1);
