@@ -515,4 +515,38 @@ fn engine_restart_and_config_reload() {
         (used_percent(&engine) <= 60.0).then_some(())
     });
     governor.stop();
+
+    // A scheduled run missed while stopped is made up once at start. WATERMARKS schedules
+    // 03:00 on January 1st; pretend the last scheduled run was in 2025.
+    std::fs::write(&governor.config, WATERMARKS).unwrap();
+    let conn = rusqlite::Connection::open(governor.state.join("dockgc.db")).unwrap();
+    conn.execute(
+        "UPDATE meta SET value = '1735700000' WHERE key = 'last_schedule'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    governor.restart();
+    governor.wait("the made-up scheduled cycle", 15, || {
+        let cycles = governor.status()["cycles"].clone();
+        cycles
+            .as_array()?
+            .iter()
+            .any(|c| c["trigger"] == "schedule")
+            .then_some(())
+    });
+    governor.stop();
+    // Once: after it, the schedule is up to date and a restart makes up nothing.
+    let scheduled = |g: &Governor| {
+        g.status()["cycles"].as_array().map_or(0, |c| {
+            c.iter().filter(|c| c["trigger"] == "schedule").count()
+        })
+    };
+    let before = scheduled(&governor);
+    governor.restart();
+    governor.wait("a status of the new process", 10, || {
+        governor.status()["running"].as_bool().filter(|r| *r)
+    });
+    assert_eq!(scheduled(&governor), before);
+    governor.stop();
 }
