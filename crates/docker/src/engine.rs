@@ -130,10 +130,20 @@ impl Engine {
         self.host.as_ref()
     }
 
-    /// The filesystem holding `DockerRootDir`, when it is reachable from here.
+    /// The filesystem holding `DockerRootDir`, when it is reachable from here, flushed first
+    /// so that freed space shows (see [`crate::host::Freshness`]).
     pub fn filesystem(&self) -> Option<Filesystem> {
+        self.measure(crate::host::Freshness::Synced)
+    }
+
+    /// The filesystem as statvfs says now, without flushing: for frequent checks.
+    pub fn filesystem_as_is(&self) -> Option<Filesystem> {
+        self.measure(crate::host::Freshness::AsIs)
+    }
+
+    fn measure(&self, freshness: crate::host::Freshness) -> Option<Filesystem> {
         let root = self.host.as_ref()?.root();
-        crate::host::measure_filesystem(root).ok()
+        crate::host::measure_filesystem(root, freshness).ok()
     }
 
     /// `LayersSize` from `/system/df`: the sum of all layer sizes in Docker's accounting.

@@ -13,12 +13,23 @@ use std::sync::Mutex;
 
 use dockgc_core::model::{Filesystem, Timestamp};
 
-/// Measures the filesystem holding `path`, after flushing its pending frees so the figures
-/// are current.
-pub fn measure_filesystem(path: &Path) -> std::io::Result<Filesystem> {
-    if let Ok(dir) = std::fs::File::open(path) {
-        // Freed blocks show in statvfs only once the journal commits them.
-        let _ = rustix::fs::syncfs(&dir);
+/// How current a measurement must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Flush the filesystem first: freed blocks show in statvfs only once the journal commits
+    /// them. For measuring what a deletion freed.
+    Synced,
+    /// As statvfs says now (at most a journal commit behind). Cheap: for the monitor, which
+    /// must not flush a busy host's disk every few seconds.
+    AsIs,
+}
+
+/// Measures the filesystem holding `path`.
+pub fn measure_filesystem(path: &Path, freshness: Freshness) -> std::io::Result<Filesystem> {
+    if freshness == Freshness::Synced {
+        if let Ok(dir) = std::fs::File::open(path) {
+            let _ = rustix::fs::syncfs(&dir);
+        }
     }
     let st = rustix::fs::statvfs(path)?;
     let block = st.f_frsize.max(1);

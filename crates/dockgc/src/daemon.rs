@@ -522,7 +522,7 @@ impl Governor {
         let Some(engine) = self.connect().await else {
             return;
         };
-        let Some(fs) = engine.filesystem() else {
+        let Some(fs) = engine.filesystem_as_is() else {
             return;
         };
         self.status.filesystem = Some(fs);

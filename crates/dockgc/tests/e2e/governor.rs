@@ -273,12 +273,28 @@ fn watermark_keeps_recently_used_images_across_a_restart() {
         );
     }
 
-    // Under the running governor, a load past the high watermark is handled at once.
-    load_envs(&engine, &base, 68..90, 6, 25);
-    governor.wait("usage back under low", 15, || {
-        (used_percent(&engine) <= 60.0).then_some(())
-    });
-    assert!(governor.cycles() >= 2, "{}", governor.log());
+    // Under the running governor, loads that take the disk past high are handled at once:
+    // whenever a load leaves usage above high, it is back under low within 15 s. (A cycle
+    // may also run during a load, set off by the images it has loaded so far.)
+    let cycles = governor.cycles();
+    for batch in (68..92).collect::<Vec<_>>().chunks(6) {
+        load_envs(&engine, &base, batch[0]..batch[batch.len() - 1] + 1, 6, 25);
+        if used_percent(&engine) > 80.0 {
+            governor.wait("usage back under low", 15, || {
+                (used_percent(&engine) <= 60.0).then_some(())
+            });
+        }
+    }
+    assert!(
+        governor.cycles() > cycles,
+        "no cycle under the running governor: {}",
+        governor.log()
+    );
+    assert!(
+        used_percent(&engine) < 80.0,
+        "left above high: {}",
+        governor.log()
+    );
     let took = governor.stop();
     assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
 }
