@@ -49,6 +49,13 @@ impl History {
         Self { images }
     }
 
+    /// What the engine knows of `snapshot`, completed by a `stored` history (the governor's).
+    pub fn backfill_with(snapshot: &Snapshot, stored: &History) -> Self {
+        let mut history = Self::backfill(snapshot);
+        history.merge(stored);
+        history
+    }
+
     /// Adds what `other` knows: the earlier first sighting and the later use of each image.
     pub fn merge(&mut self, other: &History) {
         for (id, u) in &other.images {

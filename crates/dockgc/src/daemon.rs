@@ -409,16 +409,6 @@ impl Governor {
         Ok(snapshot)
     }
 
-    /// The history to plan with: what the store remembers, completed by the engine's facts.
-    fn history(&self, snapshot: &Snapshot) -> History {
-        let mut history = History::backfill(snapshot);
-        match self.store.history() {
-            Ok(stored) => history.merge(&stored),
-            Err(e) => log(&format!("cannot read the use history: {e:#}")),
-        }
-        history
-    }
-
     /// Records one event in the history. Returns whether an image arrived.
     async fn record_event(&mut self, event: &EngineEvent) -> bool {
         let Some(engine) = self.engine.as_ref() else {
@@ -596,7 +586,12 @@ impl Governor {
             anyhow::bail!("engine down");
         }
         let snapshot = self.reconcile_history().await?;
-        let history = self.history(&snapshot);
+        // Read once: this cycle's plan and any re-plan of it complete the same stored history.
+        let stored = self.store.history().unwrap_or_else(|e| {
+            log(&format!("cannot read the use history: {e:#}"));
+            History::default()
+        });
+        let history = History::backfill_with(&snapshot, &stored);
         let policy: Policy = self.config.policy.clone();
         // Under pressure between the watermarks, the plan still frees down to low.
         let request = match (self.pressure, snapshot.filesystem) {
@@ -636,12 +631,7 @@ impl Governor {
             std::process::id()
         );
         let engine = self.engine.as_ref().context("engine down")?;
-        let stored = self.store.history().unwrap_or_default();
-        let history_of = move |s: &Snapshot| {
-            let mut h = History::backfill(s);
-            h.merge(&stored);
-            h
-        };
+        let history_of = move |s: &Snapshot| History::backfill_with(s, &stored);
         let mut audit = DbAudit::new(&mut self.store, run);
         let done = executor::execute(
             executor::Job {

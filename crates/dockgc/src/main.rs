@@ -191,7 +191,7 @@ fn open_store(cli: &Cli) -> Result<store::Store> {
 /// The use history to plan with: the governor's, when its state exists, completed by what
 /// the engine knows.
 fn history(cli: &Cli, snapshot: &Snapshot) -> Result<History> {
-    Ok(with_stored(snapshot, &stored_history(cli)?))
+    Ok(History::backfill_with(snapshot, &stored_history(cli)?))
 }
 
 /// The governor's persisted history, or an empty one.
@@ -200,13 +200,6 @@ fn stored_history(cli: &Cli) -> Result<History> {
         Some(store) => store.history(),
         None => Ok(History::default()),
     }
-}
-
-/// What the engine knows of `snapshot`, completed by a stored history.
-fn with_stored(snapshot: &Snapshot, stored: &History) -> History {
-    let mut history = History::backfill(snapshot);
-    history.merge(stored);
-    history
 }
 
 fn status(cli: &Cli, format: Format) -> Result<Exit> {
@@ -473,7 +466,7 @@ async fn prune(cli: &Cli, args: &PruneArgs) -> Result<Exit> {
         Some(path) => read_plan(path)?,
         None => dockgc_core::plan(
             &snapshot,
-            &with_stored(&snapshot, &stored),
+            &History::backfill_with(&snapshot, &stored),
             &policy,
             &request,
         ),
@@ -560,7 +553,7 @@ async fn prune(cli: &Cli, args: &PruneArgs) -> Result<Exit> {
             snapshot: &snapshot,
             request: &request,
             replan: args.plan.is_none(),
-            history: &|s: &Snapshot| with_stored(s, &stored),
+            history: &|s: &Snapshot| History::backfill_with(s, &stored),
         },
         audit,
         limits,
