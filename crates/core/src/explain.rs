@@ -57,14 +57,7 @@ pub fn explain(
         let i = snapshot.images.iter().position(|i| i.id == id)?;
         let image = &snapshot.images[i];
         let g = &facts_of.graph;
-        let (mut unique, mut shared) = (0u64, 0u64);
-        for &l in &g.image_layers[i] {
-            if g.layer_users[l].len() == 1 {
-                unique += g.layer_bytes[l];
-            } else {
-                shared += g.layer_bytes[l];
-            }
-        }
+        let (unique, shared) = g.unique_and_shared_bytes(i);
         let users: Vec<_> = snapshot
             .containers
             .iter()

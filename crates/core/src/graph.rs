@@ -178,6 +178,19 @@ impl LayerGraph {
         }
     }
 
+    /// Bytes of image `image`'s layers that no other image references, and bytes of the
+    /// layers it shares.
+    pub fn unique_and_shared_bytes(&self, image: usize) -> (u64, u64) {
+        self.image_layers[image]
+            .iter()
+            .fold((0, 0), |(unique, shared), &l| {
+                match self.layer_users[l].len() {
+                    1 => (unique + self.layer_bytes[l], shared),
+                    _ => (unique, shared + self.layer_bytes[l]),
+                }
+            })
+    }
+
     /// Effective last use of every image: the latest use of it or of any image built on it.
     pub fn effective_last_use(&self, own: &[Timestamp]) -> Vec<Timestamp> {
         (0..own.len())

@@ -102,14 +102,7 @@ pub fn usage(snapshot: &Snapshot, history: &History) -> Usage {
         .iter()
         .enumerate()
         .map(|(i, image)| {
-            let (mut unique, mut shared) = (0, 0);
-            for &l in &graph.image_layers[i] {
-                if graph.layer_users[l].len() == 1 {
-                    unique += graph.layer_bytes[l];
-                } else {
-                    shared += graph.layer_bytes[l];
-                }
-            }
+            let (unique, shared) = graph.unique_and_shared_bytes(i);
             ImageUsage {
                 id: image.id.clone(),
                 tags: image.tags.clone(),
