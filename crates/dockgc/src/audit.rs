@@ -29,6 +29,34 @@ pub struct Record {
     pub event: Event,
 }
 
+impl Record {
+    /// A record of `event`, now.
+    pub fn new(run: String, seq: u64, event: Event) -> Self {
+        Self {
+            version: AUDIT_VERSION,
+            time: now_rfc3339(),
+            run,
+            seq,
+            event,
+        }
+    }
+
+    /// The outcome that closes an intent a run left open.
+    pub fn interrupted(run: String, seq: u64, detail: &str) -> Self {
+        Self::new(
+            run,
+            seq,
+            Event::Outcome {
+                outcome: "interrupted".into(),
+                detail: Some(detail.to_string()),
+            },
+        )
+    }
+}
+
+/// The detail of an intent closed without a check against the engine.
+pub const NO_OUTCOME: &str = "the run ended before recording an outcome";
+
 /// What an audit record says.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -139,16 +167,7 @@ impl Audit {
         };
         let closed = open_intents.len();
         for (run, seq) in open_intents {
-            audit.write_record(&Record {
-                version: AUDIT_VERSION,
-                time: now_rfc3339(),
-                run,
-                seq,
-                event: Event::Outcome {
-                    outcome: "interrupted".into(),
-                    detail: Some("the run ended before recording an outcome".into()),
-                },
-            })?;
+            audit.write_record(&Record::interrupted(run, seq, NO_OUTCOME))?;
         }
         audit.sync()?;
         Ok((audit, closed))
@@ -156,13 +175,7 @@ impl Audit {
 
     /// Appends one event of this run. It reaches the disk at the next [`Audit::sync`].
     pub fn write(&mut self, seq: u64, event: Event) -> Result<()> {
-        let record = Record {
-            version: AUDIT_VERSION,
-            time: now_rfc3339(),
-            run: self.run.clone(),
-            seq,
-            event,
-        };
+        let record = Record::new(self.run.clone(), seq, event);
         self.write_record(&record)
     }
 

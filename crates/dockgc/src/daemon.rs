@@ -469,18 +469,9 @@ impl Governor {
                         Err(e) => format!("interrupted; cannot check: {e}"),
                     }
                 }
-                _ => "interrupted before an outcome was recorded".to_string(),
+                _ => crate::audit::NO_OUTCOME.to_string(),
             };
-            let outcome = crate::audit::Record {
-                version: crate::audit::AUDIT_VERSION,
-                time: crate::audit::now_rfc3339(),
-                run,
-                seq,
-                event: crate::audit::Event::Outcome {
-                    outcome: "interrupted".into(),
-                    detail: Some(detail),
-                },
-            };
+            let outcome = crate::audit::Record::interrupted(run, seq, &detail);
             if let Err(e) = self.store.append(&outcome) {
                 log(&format!("cannot close an interrupted intent: {e:#}"));
             }

@@ -9,7 +9,7 @@ use dockgc_core::{History, ImageUse};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{AuditSink, Event, Record, AUDIT_VERSION};
+use crate::audit::{AuditSink, Event, Record};
 
 /// Schema version this build writes. Older databases are migrated on open; newer ones are
 /// refused (a newer dockgc wrote them).
@@ -298,16 +298,11 @@ impl Store {
     pub fn close_open_intents(&mut self) -> Result<usize> {
         let open = self.open_intents()?;
         for (run, seq, _) in &open {
-            self.append(&Record {
-                version: AUDIT_VERSION,
-                time: crate::audit::now_rfc3339(),
-                run: run.clone(),
-                seq: *seq,
-                event: Event::Outcome {
-                    outcome: "interrupted".into(),
-                    detail: Some("the run ended before recording an outcome".into()),
-                },
-            })?;
+            self.append(&Record::interrupted(
+                run.clone(),
+                *seq,
+                crate::audit::NO_OUTCOME,
+            ))?;
         }
         Ok(open.len())
     }
@@ -373,13 +368,7 @@ impl<'a> DbAudit<'a> {
 
 impl AuditSink for DbAudit<'_> {
     fn write(&mut self, seq: u64, event: Event) -> Result<()> {
-        self.pending.push(Record {
-            version: AUDIT_VERSION,
-            time: crate::audit::now_rfc3339(),
-            run: self.run.clone(),
-            seq,
-            event,
-        });
+        self.pending.push(Record::new(self.run.clone(), seq, event));
         if let Err(e) = self.flush() {
             eprintln!(
                 "dockgc: cannot write the audit trail ({} record(s) held, will retry): {e:#}",
