@@ -35,6 +35,12 @@ pub struct Cli {
     #[arg(long, global = true, default_value_t = 300, value_name = "SECONDS")]
     pub timeout: u64,
 
+    /// Log format on standard error: `text` for people, `json` (one object per line) for log
+    /// collectors. Which events: DOCKGC_LOG (e.g. "debug", "warn"); default "info" for
+    /// `run`, "warn" for the other commands.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "DOCKGC_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -46,6 +52,15 @@ pub enum Format {
     /// Aligned columns for people.
     Table,
     /// Stable JSON with a `version` field (see docs/plan-format.md).
+    Json,
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One line per event: time, level, message, fields.
+    Text,
+    /// One JSON object per event, with the run and sequence number of the audit trail.
     Json,
 }
 
@@ -124,11 +139,18 @@ pub enum Command {
     /// Keeps a use history fed by the engine's events, reconciled after every reconnect.
     /// Signals: SIGTERM/SIGINT finish the deletion in flight and exit 0; SIGHUP reloads the
     /// config (an invalid one is refused and the old one kept); SIGUSR1 runs a cycle now.
+    /// Serves Prometheus metrics on http://127.0.0.1:9714/metrics, and /healthz, /readyz
+    /// (metrics.listen); sends webhooks ([[notify.webhook]]). See docs/metrics.md and
+    /// docs/notifications.md.
     #[command(verbatim_doc_comment)]
     Run {
         /// Deletions in flight at once.
         #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
         parallel: u16,
+        /// Serve /metrics, /healthz and /readyz on ADDR:PORT ("off": not at all). Overrides
+        /// metrics.listen (default 127.0.0.1:9714).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
     },
     /// Show the governor's state: engine connection, usage against the watermarks, the next
     /// scheduled cycle, the last cycles.
@@ -152,6 +174,21 @@ pub enum Command {
     },
     /// Ask the running governor for a cycle now (sends it SIGUSR1).
     Trigger,
+    /// Webhook notifications.
+    #[command(subcommand)]
+    Notify(NotifyCommand),
+}
+
+/// `dockgc notify …`.
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// Send a test notice (event "test") to every configured receiver, one attempt each, and
+    /// say how each answered. Exits 2 if any failed.
+    Test {
+        /// Only the receiver with this name.
+        #[arg(long, value_name = "NAME")]
+        receiver: Option<String>,
+    },
 }
 
 /// `dockgc config …`.

@@ -68,6 +68,74 @@ struct RawConfig {
     networks: RawNetworks,
     #[serde(default)]
     schedule: RawSchedule,
+    #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
+    notify: RawNotify,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Field<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    #[serde(default)]
+    webhook: Vec<Spanned<RawWebhook>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    name: Field<String>,
+    url: Field<String>,
+    format: Field<String>,
+    events: Field<Vec<Spanned<String>>>,
+    secret: Field<String>,
+    secret_env: Field<String>,
+    timeout: Field<String>,
+    retries: Field<i64>,
+}
+
+/// The default address of the governor's HTTP endpoints (`/metrics`, `/healthz`, `/readyz`):
+/// loopback only, so nothing is exposed unless the operator says so.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9714";
+
+/// A webhook receiver (`[[notify.webhook]]`).
+#[derive(Clone, PartialEq)]
+pub struct Webhook {
+    /// Its name in logs and metrics (never the URL, which often holds a token).
+    pub name: String,
+    /// Where to POST.
+    pub url: String,
+    /// The payload's shape.
+    pub format: crate::notify::Format,
+    /// The events it receives.
+    pub events: Vec<crate::notify::NoticeKind>,
+    /// Key of the HMAC-SHA256 signature header, when set.
+    pub secret: Option<String>,
+    /// Per attempt.
+    pub timeout: Duration,
+    /// Attempts after the first failed one.
+    pub retries: u32,
+}
+
+// Written by hand: the URL and the secret must never reach a log through `{:?}`.
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("name", &self.name)
+            .field("url", &crate::notify::redact_url(&self.url))
+            .field("format", &self.format)
+            .field("events", &self.events)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .finish()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,12 +164,28 @@ impl Default for Schedule {
 }
 
 /// Everything a config file sets.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// What may be deleted.
     pub policy: Policy,
     /// When the governor runs cycles.
     pub schedule: Schedule,
+    /// Where the governor serves `/metrics`, `/healthz` and `/readyz`; `None`: nowhere.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Webhook receivers.
+    pub webhooks: Vec<Webhook>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            policy: Policy::default(),
+            schedule: Schedule::default(),
+            // The constant is a valid address (a test checks it).
+            listen: DEFAULT_LISTEN.parse().ok(),
+            webhooks: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -186,9 +270,13 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     let checker = Checker { text, file };
     let mut raw: RawConfig = toml::from_str(text).map_err(|e| checker.toml_error(&e))?;
     let schedule = checker.schedule(std::mem::take(&mut raw.schedule))?;
+    let listen = checker.listen(raw.metrics.listen.take())?;
+    let webhooks = checker.webhooks(std::mem::take(&mut raw.notify.webhook))?;
     Ok(Config {
         policy: checker.validate(raw)?,
         schedule,
+        listen,
+        webhooks,
     })
 }
 
@@ -226,7 +314,7 @@ impl Checker<'_> {
             .filter(|k| !k.is_empty());
         let table = lines[..line_no - 1].iter().rev().find_map(|l| {
             let l = l.trim();
-            (l.starts_with('[') && !l.starts_with("[["))
+            l.starts_with('[')
                 .then(|| l.trim_matches(['[', ']', ' ']).to_string())
         });
         match (table, key) {
@@ -333,6 +421,163 @@ impl Checker<'_> {
             });
         }
         Ok(Schedule { cron, check_every })
+    }
+
+    fn listen(&self, field: Field<String>) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        self.value(
+            field,
+            "metrics.listen",
+            DEFAULT_LISTEN.parse().ok(),
+            "an address and port such as \"127.0.0.1:9714\" or \"[::1]:9714\", or \"off\"",
+            |s| match s {
+                "off" => Some(None),
+                _ => s.parse().ok().map(Some),
+            },
+        )
+    }
+
+    fn webhooks(&self, raw: Vec<Spanned<RawWebhook>>) -> Result<Vec<Webhook>, ConfigError> {
+        use crate::notify::{Format, NoticeKind};
+        let mut hooks: Vec<Webhook> = Vec::new();
+        for (i, entry) in raw.into_iter().enumerate() {
+            let whole = entry.span();
+            let raw = entry.into_inner();
+            let key = |k: &str| format!("notify.webhook[{i}].{k}");
+            let name = match raw.name {
+                None => format!("webhook-{}", i + 1),
+                Some(n) => {
+                    let span = n.span();
+                    let n = n.into_inner();
+                    let valid = !n.is_empty()
+                        && n.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                    if !valid {
+                        return Err(self.error(span, &key("name"), format!("`{n}` is not valid; expected letters, digits, `-` and `_` (it labels metrics and logs)")));
+                    }
+                    n
+                }
+            };
+            if let Some(other) = hooks.iter().find(|h| h.name == name) {
+                return Err(self.error(
+                    whole,
+                    &key("name"),
+                    format!(
+                        "`{}` names two receivers; each needs its own name",
+                        other.name
+                    ),
+                ));
+            }
+            let Some(url) = raw.url else {
+                return Err(self.error(
+                    whole,
+                    &key("url"),
+                    "is required: the http:// or https:// address to POST to".into(),
+                ));
+            };
+            let url_span = url.span();
+            let url = url.into_inner();
+            let parsed = reqwest::Url::parse(&url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if parsed.is_none() {
+                // The URL may hold a token: the error shows only its redacted form.
+                return Err(self.error(
+                    url_span,
+                    &key("url"),
+                    format!(
+                        "`{}` is not valid; expected an http:// or https:// URL",
+                        crate::notify::redact_url(&url)
+                    ),
+                ));
+            }
+            let format = self.value(
+                raw.format,
+                &key("format"),
+                Format::Json,
+                "\"json\" (dockgc's documented payload) or \"slack\" (Slack-compatible)",
+                |s| match s {
+                    "json" => Some(Format::Json),
+                    "slack" => Some(Format::Slack),
+                    _ => None,
+                },
+            )?;
+            let events = match raw.events {
+                None => NoticeKind::SUBSCRIBABLE.to_vec(),
+                Some(list) => list
+                    .into_inner()
+                    .into_iter()
+                    .map(|e| {
+                        let span = e.span();
+                        let text = e.into_inner();
+                        NoticeKind::SUBSCRIBABLE
+                            .iter()
+                            .copied()
+                            .find(|k| k.as_str() == text)
+                            .ok_or_else(|| {
+                                let allowed: Vec<String> = NoticeKind::SUBSCRIBABLE
+                                    .iter()
+                                    .map(|k| format!("\"{}\"", k.as_str()))
+                                    .collect();
+                                self.error(
+                                    span,
+                                    &key("events"),
+                                    format!(
+                                        "`{text}` is not an event; expected some of {}",
+                                        allowed.join(", ")
+                                    ),
+                                )
+                            })
+                    })
+                    .collect::<Result<_, _>>()?,
+            };
+            let secret = match (raw.secret, raw.secret_env) {
+                (Some(s), None) => Some(s.into_inner()),
+                (None, Some(var)) => {
+                    let span = var.span();
+                    let var = var.into_inner();
+                    match std::env::var(&var) {
+                        Ok(v) if !v.is_empty() => Some(v),
+                        _ => return Err(self.error(span, &key("secret_env"), format!("the environment variable `{var}` is not set (or empty); set it, or remove the key"))),
+                    }
+                }
+                (None, None) => None,
+                (Some(_), Some(var)) => {
+                    return Err(self.error(
+                        var.span(),
+                        &key("secret_env"),
+                        "set either `secret` or `secret_env`, not both".into(),
+                    ))
+                }
+            };
+            let timeout = self.duration(raw.timeout, &key("timeout"), Duration::from_secs(5))?;
+            if timeout.is_zero() {
+                return Err(self.error(whole, &key("timeout"), "must be at least 1s".into()));
+            }
+            let retries = match raw.retries {
+                None => 3,
+                Some(r) => {
+                    let span = r.span();
+                    let r = r.into_inner();
+                    u32::try_from(r).ok().filter(|r| *r <= 10).ok_or_else(|| {
+                        self.error(
+                            span,
+                            &key("retries"),
+                            format!("`{r}` is not valid; expected a whole number from 0 to 10"),
+                        )
+                    })?
+                }
+            };
+            hooks.push(Webhook {
+                name,
+                url,
+                format,
+                events,
+                secret,
+                timeout,
+                retries,
+            });
+        }
+        Ok(hooks)
     }
 
     fn validate(&self, raw: RawConfig) -> Result<Policy, ConfigError> {
@@ -704,5 +949,47 @@ mod tests {
             parse_watermark("20GB free"),
             Some(Watermark::FreeBytes(20_000_000_000))
         );
+    }
+
+    #[test]
+    fn webhooks_and_listen() {
+        let c = parse(
+            "[metrics]\nlisten = \"off\"\n\n[[notify.webhook]]\nurl = \"http://127.0.0.1:1/h\"\n\n[[notify.webhook]]\nname = \"slack\"\nurl = \"https://hooks.example/T/B/S\"\nformat = \"slack\"\nevents = [\"engine_down\"]\nsecret = \"k\"\nretries = 0\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.listen, None);
+        assert_eq!(c.webhooks[0].name, "webhook-1");
+        assert_eq!(c.webhooks[0].events.len(), 5);
+        assert_eq!(c.webhooks[1].format, crate::notify::Format::Slack);
+        assert_eq!(c.webhooks[1].retries, 0);
+        let debug = format!("{:?}", c.webhooks[1]);
+        assert!(
+            !debug.contains("/T/B/S") && !debug.contains("\"k\""),
+            "{debug}"
+        );
+        assert_eq!(Config::default().listen, DEFAULT_LISTEN.parse().ok());
+    }
+
+    #[test]
+    fn webhook_errors_name_key_line_and_allowed_without_the_secret() {
+        let e = err("[[notify.webhook]]\nurl = \"http://h/x\"\nevents = [\"cycle_done\"]\n");
+        assert_eq!(e.key.as_deref(), Some("notify.webhook[0].events"));
+        assert_eq!(e.line, Some(3));
+        assert!(e.message.contains("\"cycle_completed\""), "{}", e.message);
+        let e = err("[[notify.webhook]]\nurl = \"ftp://h/very-secret-token\"\n");
+        assert_eq!(e.key.as_deref(), Some("notify.webhook[0].url"));
+        assert!(!e.to_string().contains("very-secret-token"), "{e}");
+        let e = err(
+            "[[notify.webhook]]\nurl = \"http://h/x\"\nsecret_env = \"DOCKGC_TEST_UNSET_VAR\"\n",
+        );
+        assert!(e.message.contains("DOCKGC_TEST_UNSET_VAR"), "{e}");
+        let e = err("[metrics]\nlisten = \"localhost\"\n");
+        assert_eq!(
+            (e.key.as_deref(), e.line),
+            (Some("metrics.listen"), Some(2))
+        );
+        let e = err("[[notify.webhook]]\nname = \"a\"\nurl = \"http://h/x\"\n[[notify.webhook]]\nname = \"a\"\nurl = \"http://h/y\"\n");
+        assert!(e.message.contains("two receivers"), "{e}");
     }
 }

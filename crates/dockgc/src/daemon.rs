@@ -3,6 +3,7 @@
 //! all feed it through one channel, and what arrives together is coalesced into one cycle.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -14,9 +15,12 @@ use dockgc_docker::{Endpoint, Engine};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::{self, Config};
-use crate::executor::{self, Limits, Outcome, RunStatus};
+use crate::executor::{self, Limits, Outcome, RunStatus, StepResult};
+use crate::metrics::Metrics;
+use crate::notify::{Notice, NoticeKind, Notifier};
 use crate::schedule::Schedules;
 use crate::store::{Cycle, DbAudit, Store};
 
@@ -170,7 +174,12 @@ pub struct Options {
     pub timeout: Duration,
     /// Deletions in flight at once.
     pub parallel: usize,
+    /// `--listen`: overrides `metrics.listen` (`Some(None)`: serve nothing).
+    pub listen: Option<Option<std::net::SocketAddr>>,
 }
+
+/// Failed deletions announced one by one per cycle; the rest are summed up in one notice.
+const FAILURE_NOTICES: usize = 10;
 
 struct Governor {
     options: Options,
@@ -186,6 +195,20 @@ struct Governor {
     stuck_at: Option<(u64, std::time::Instant)>,
     /// Usage crossed high and is not back under low yet.
     pressure: bool,
+    /// What `/metrics` shows.
+    metrics: Arc<Metrics>,
+    /// Where notices go.
+    notifier: Notifier,
+    /// An `engine_down` notice went out and no `engine_up` since.
+    announced_down: bool,
+}
+
+/// A cycle's record with what it did step by step.
+struct Ended {
+    cycle: Cycle,
+    results: Vec<StepResult>,
+    /// The audit trail's run, when the cycle deleted anything.
+    run: Option<String>,
 }
 
 fn now() -> i64 {
@@ -193,16 +216,28 @@ fn now() -> i64 {
 }
 
 fn log(message: &str) {
-    eprintln!(
-        "{} dockgc: {message}",
-        Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-    );
+    tracing::info!("{message}");
+}
+
+fn warn(message: &str) {
+    tracing::warn!("{message}");
 }
 
 /// Runs the governor until `stop` is cancelled (SIGTERM, SIGINT).
 pub async fn run(options: Options, stop: CancellationToken) -> Result<()> {
     let (config, config_path) = config::load(options.config_path.as_deref())?;
     let store = Store::open(&options.state_dir)?;
+    let metrics = Arc::new(Metrics::new());
+    let listen = options.listen.unwrap_or(config.listen);
+    let http = match listen {
+        Some(addr) => {
+            let thread = crate::http::start(addr, Arc::clone(&metrics), stop.clone())?;
+            tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+            Some(thread)
+        }
+        None => None,
+    };
+    let notifier = Notifier::start(&config.webhooks, Arc::clone(&metrics), &stop);
     let schedules = Schedules::new(&config.schedule.cron);
     let (schedules_tx, schedules_rx) = watch::channel(schedules);
     let mut governor = Governor {
@@ -223,6 +258,9 @@ pub async fn run(options: Options, stop: CancellationToken) -> Result<()> {
         stop: stop.clone(),
         stuck_at: None,
         pressure: false,
+        metrics,
+        notifier,
+        announced_down: false,
     };
     governor
         .store
@@ -307,6 +345,10 @@ pub async fn run(options: Options, stop: CancellationToken) -> Result<()> {
     }
     log("stopped");
     notify_systemd("STOPPING=1");
+    if let Some(thread) = http {
+        // The server stops on the same token; a panic there is already logged.
+        let _ = thread.join();
+    }
     Ok(())
 }
 
@@ -318,7 +360,7 @@ async fn forward_signals(tx: mpsc::Sender<Msg>, stop: CancellationToken) {
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
-        log("cannot install signal handlers");
+        warn("cannot install signal handlers");
         return;
     };
     loop {
@@ -353,7 +395,7 @@ fn notify_systemd(state: &str) {
         None => socket.send_to(state.as_bytes(), &path),
     };
     if let Err(e) = sent {
-        log(&format!("cannot notify systemd: {e}"));
+        warn(&format!("cannot notify systemd: {e}"));
     }
 }
 
@@ -365,6 +407,18 @@ impl Governor {
                     self.status.engine = "up".into();
                     self.status.engine_error = None;
                     self.engine = Some(engine);
+                    self.metrics.set_engine_up(true);
+                    if self.announced_down {
+                        self.announced_down = false;
+                        self.notifier.notify(&Notice {
+                            kind: NoticeKind::EngineUp,
+                            summary: format!(
+                                "the Docker engine at {} answers again",
+                                self.status.endpoint
+                            ),
+                            data: serde_json::json!({ "endpoint": self.status.endpoint }),
+                        });
+                    }
                 }
                 Err(e) => self.on_disconnected(e.to_string()),
             }
@@ -374,7 +428,19 @@ impl Governor {
 
     fn on_disconnected(&mut self, why: String) {
         if self.status.engine != "down" || self.status.engine_error.as_deref() != Some(&why) {
-            log(&format!("engine down: {why}"));
+            warn(&format!("engine down: {why}"));
+        }
+        self.metrics.set_engine_up(false);
+        if !self.announced_down {
+            self.announced_down = true;
+            self.notifier.notify(&Notice {
+                kind: NoticeKind::EngineDown,
+                summary: format!(
+                    "the Docker engine at {} does not answer: {why}",
+                    self.status.endpoint
+                ),
+                data: serde_json::json!({ "endpoint": self.status.endpoint, "error": why }),
+            });
         }
         self.status.engine = "down".into();
         self.status.engine_error = Some(why);
@@ -391,7 +457,7 @@ impl Governor {
                 "use history reconciled ({} images)",
                 s.images.len()
             )),
-            Err(e) => log(&format!(
+            Err(e) => warn(&format!(
                 "reconciling the use history failed (will retry): {e:#}"
             )),
         }
@@ -404,8 +470,10 @@ impl Governor {
         let engine = self.engine.as_ref().context("engine down")?;
         let snapshot = engine.snapshot(now()).await?;
         let existing: Vec<String> = snapshot.images.iter().map(|i| i.id.clone()).collect();
-        self.store
-            .merge_history(&History::backfill(&snapshot), &existing)?;
+        let backfilled = History::backfill(&snapshot);
+        self.store.merge_history(&backfilled, &existing)?;
+        self.metrics
+            .observe_usage(&dockgc_core::usage(&snapshot, &backfilled));
         Ok(snapshot)
     }
 
@@ -440,7 +508,7 @@ impl Governor {
         };
         if let Some(id) = image {
             if let Err(e) = self.store.record_use(&id, at, Some(at)) {
-                log(&format!(
+                warn(&format!(
                     "cannot record the use of {id} (will reconcile later): {e:#}"
                 ));
             }
@@ -449,7 +517,7 @@ impl Governor {
             .store
             .set_meta("event_cursor", &event.time_nanos.to_string())
         {
-            log(&format!("cannot save the event cursor: {e:#}"));
+            warn(&format!("cannot save the event cursor: {e:#}"));
         }
         arrival
     }
@@ -458,7 +526,7 @@ impl Governor {
     async fn reconcile_intents(&mut self) {
         let open = match self.store.open_intents() {
             Ok(open) => open,
-            Err(e) => return log(&format!("cannot read the audit trail: {e:#}")),
+            Err(e) => return warn(&format!("cannot read the audit trail: {e:#}")),
         };
         for (run, seq, record) in open {
             let detail = match (&record.event, self.engine.as_ref()) {
@@ -473,7 +541,7 @@ impl Governor {
             };
             let outcome = crate::audit::Record::interrupted(run, seq, &detail);
             if let Err(e) = self.store.append(&outcome) {
-                log(&format!("cannot close an interrupted intent: {e:#}"));
+                warn(&format!("cannot close an interrupted intent: {e:#}"));
             }
         }
     }
@@ -486,13 +554,22 @@ impl Governor {
         ) {
             Ok((config, path)) => {
                 log("config reloaded");
+                self.metrics.set_config_reload_ok(true);
+                if config.listen != self.config.listen {
+                    warn("`metrics.listen` changed: it takes effect at the next start");
+                }
+                if config.webhooks != self.config.webhooks {
+                    self.notifier =
+                        Notifier::start(&config.webhooks, Arc::clone(&self.metrics), &self.stop);
+                }
                 let _ = self.schedules.send(Schedules::new(&config.schedule.cron));
                 self.config = config;
                 self.config_path = path;
                 self.status.reload_error = None;
             }
             Err(e) => {
-                log(&format!("config reload refused, keeping the old one: {e}"));
+                self.metrics.set_config_reload_ok(false);
+                warn(&format!("config reload refused, keeping the old one: {e}"));
                 self.status.reload_error = Some(e.to_string());
             }
         }
@@ -507,6 +584,8 @@ impl Governor {
             return;
         };
         self.status.filesystem = Some(fs);
+        self.metrics
+            .observe_filesystem(&fs, &self.config.policy, now());
         let disk = &self.config.policy.disk;
         let over_high = fs.used_bytes > disk.high.used_bytes_on(&fs)
             || fs.used_inodes_percent() > disk.inodes_high;
@@ -515,6 +594,7 @@ impl Governor {
         // Hysteresis: pressure starts above high and lasts until usage is back under low, so
         // data arriving during a cycle does not leave the disk between the two.
         self.pressure = (self.pressure || over_high) && over_low;
+        self.metrics.set_pressure(self.pressure);
         if !self.pressure {
             self.stuck_at = None;
             return;
@@ -536,42 +616,145 @@ impl Governor {
 
     async fn cycle(&mut self, trigger: Trigger) {
         let started = now();
+        let clock = std::time::Instant::now();
+        self.metrics.set_cycle_in_progress(true);
         let result = self.run_cycle(trigger).await;
-        let cycle = match result {
-            Ok(cycle) => cycle,
+        self.metrics.set_cycle_in_progress(false);
+        let ended = match result {
+            Ok(ended) => ended,
             Err(e) => {
-                log(&format!("cycle failed: {e:#}"));
+                warn(&format!("cycle failed: {e:#}"));
                 if e.downcast_ref::<dockgc_docker::Error>()
                     .is_some_and(|e| matches!(e, dockgc_docker::Error::Unreachable { .. }))
                 {
                     self.on_disconnected(e.to_string());
                 }
-                Cycle {
-                    id: 0,
-                    started,
-                    finished: now(),
-                    trigger: trigger_name(trigger),
-                    status: "error".into(),
-                    planned_disk_bytes: 0,
-                    freed_disk_bytes: None,
-                    removed: 0,
-                    failed: 0,
-                    message: format!("{e:#}"),
+                Ended {
+                    cycle: Cycle {
+                        id: 0,
+                        started,
+                        finished: now(),
+                        trigger: trigger_name(trigger),
+                        status: "error".into(),
+                        planned_disk_bytes: 0,
+                        freed_disk_bytes: None,
+                        removed: 0,
+                        failed: 0,
+                        message: format!("{e:#}"),
+                    },
+                    results: Vec::new(),
+                    run: None,
                 }
             }
         };
         if trigger == Trigger::Schedule {
             if let Err(e) = self.store.set_meta("last_schedule", &now().to_string()) {
-                log(&format!("cannot record the schedule: {e:#}"));
+                warn(&format!("cannot record the schedule: {e:#}"));
             }
         }
-        log(&format!("cycle ({}): {}", cycle.trigger, cycle.message));
-        if let Err(e) = self.store.record_cycle(&cycle) {
-            log(&format!("cannot record the cycle: {e:#}"));
+        let seconds = clock.elapsed().as_secs_f64();
+        self.observe(&ended, seconds);
+        if let Err(e) = self.store.record_cycle(&ended.cycle) {
+            self.metrics.set_store_writable(false);
+            warn(&format!("cannot record the cycle: {e:#}"));
+        }
+        if ended.cycle.removed > 0 {
+            // The classes' figures changed: one more snapshot, so /metrics shows them.
+            if let Err(e) = self.reconcile_history().await {
+                warn(&format!(
+                    "cannot refresh the figures after the cycle: {e:#}"
+                ));
+            }
         }
     }
 
-    async fn run_cycle(&mut self, trigger: Trigger) -> Result<Cycle> {
+    /// Logs, counts and announces what a cycle did.
+    fn observe(&mut self, ended: &Ended, seconds: f64) {
+        let cycle = &ended.cycle;
+        tracing::info!(
+            run = ended.run.as_deref().unwrap_or(""),
+            trigger = %cycle.trigger,
+            status = %cycle.status,
+            removed = cycle.removed,
+            failed = cycle.failed,
+            planned_disk_bytes = cycle.planned_disk_bytes,
+            freed_disk_bytes = cycle.freed_disk_bytes,
+            duration_seconds = seconds,
+            "cycle ({}): {}",
+            cycle.trigger,
+            cycle.message
+        );
+        self.metrics.observe_cycle(cycle, seconds);
+        for result in &ended.results {
+            self.metrics.observe_step(result);
+        }
+        let data = serde_json::json!({
+            "run": ended.run,
+            "trigger": cycle.trigger,
+            "status": cycle.status,
+            "removed": cycle.removed,
+            "failed": cycle.failed,
+            "planned_disk_bytes": cycle.planned_disk_bytes,
+            "freed_disk_bytes": cycle.freed_disk_bytes,
+            "duration_seconds": seconds,
+            "filesystem": self.status.filesystem,
+            "message": cycle.message,
+        });
+        if cycle.removed > 0 {
+            self.notifier.notify(&Notice {
+                kind: NoticeKind::CycleCompleted,
+                summary: format!("cycle ({}): {}", cycle.trigger, cycle.message),
+                data: data.clone(),
+            });
+        }
+        if cycle.status == "target_not_reached" {
+            self.notifier.notify(&Notice {
+                kind: NoticeKind::TargetUnreachable,
+                summary: format!(
+                    "cannot bring the disk under the target within the policy: {}",
+                    cycle.message
+                ),
+                data,
+            });
+        }
+        let failed: Vec<&StepResult> = ended
+            .results
+            .iter()
+            .filter(|r| r.outcome == Outcome::Failed)
+            .collect();
+        for result in failed.iter().take(FAILURE_NOTICES) {
+            self.notifier.notify(&Notice {
+                kind: NoticeKind::DeletionFailed,
+                summary: format!(
+                    "cannot delete {} {}: {}",
+                    result.step.kind,
+                    result.step.name,
+                    result.detail.as_deref().unwrap_or("unknown error")
+                ),
+                data: serde_json::json!({
+                    "run": ended.run,
+                    "kind": result.step.kind.to_string(),
+                    "id": result.step.id,
+                    "name": result.step.name,
+                    "reason": result.step.reason,
+                    "cause": result.cause,
+                    "detail": result.detail,
+                }),
+            });
+        }
+        if failed.len() > FAILURE_NOTICES {
+            self.notifier.notify(&Notice {
+                kind: NoticeKind::DeletionFailed,
+                summary: format!(
+                    "{} more deletions failed in this cycle (see `dockgc log`)",
+                    failed.len() - FAILURE_NOTICES
+                ),
+                data: serde_json::json!({ "run": ended.run, "more": failed.len() - FAILURE_NOTICES }),
+            });
+        }
+    }
+
+    async fn run_cycle(&mut self, trigger: Trigger) -> Result<Ended> {
         let started = now();
         if self.connect().await.is_none() {
             anyhow::bail!("engine down");
@@ -579,7 +762,7 @@ impl Governor {
         let snapshot = self.reconcile_history().await?;
         // Read once: this cycle's plan and any re-plan of it complete the same stored history.
         let stored = self.store.history().unwrap_or_else(|e| {
-            log(&format!("cannot read the use history: {e:#}"));
+            warn(&format!("cannot read the use history: {e:#}"));
             History::default()
         });
         let history = History::backfill_with(&snapshot, &stored);
@@ -598,7 +781,7 @@ impl Governor {
         let plan = dockgc_core::plan(&snapshot, &history, &policy, &request);
         let planned = plan.reclaim_disk_bytes;
         if plan.steps.is_empty() {
-            return Ok(Cycle {
+            let cycle = Cycle {
                 id: 0,
                 started,
                 finished: now(),
@@ -614,6 +797,11 @@ impl Governor {
                 removed: 0,
                 failed: 0,
                 message: "nothing to delete".into(),
+            };
+            return Ok(Ended {
+                cycle,
+                results: Vec::new(),
+                run: None,
             });
         }
         let run = format!(
@@ -623,7 +811,8 @@ impl Governor {
         );
         let engine = self.engine.as_ref().context("engine down")?;
         let history_of = move |s: &Snapshot| History::backfill_with(s, &stored);
-        let mut audit = DbAudit::new(&mut self.store, run);
+        let span = tracing::info_span!("run", run = %run);
+        let mut audit = DbAudit::new(&mut self.store, run.clone());
         let done = executor::execute(
             executor::Job {
                 engine,
@@ -643,6 +832,7 @@ impl Governor {
             None,
             Some(self.stop.clone()),
         )
+        .instrument(span)
         .await?;
         drop(audit);
         let failed = done.report.count(Outcome::Failed) as u64;
@@ -655,7 +845,7 @@ impl Governor {
         if let Some(why) = &done.report.aborted {
             self.on_disconnected(why.clone());
         }
-        Ok(Cycle {
+        let cycle = Cycle {
             id: 0,
             started,
             finished: now(),
@@ -677,6 +867,11 @@ impl Governor {
                     a.used_percent()
                 ))
             ),
+        };
+        Ok(Ended {
+            cycle,
+            results: done.report.results,
+            run: Some(run),
         })
     }
 
@@ -693,8 +888,9 @@ impl Governor {
         let result = serde_json::to_string(&self.status)
             .map_err(anyhow::Error::from)
             .and_then(|s| self.store.set_meta("status", &s));
+        self.metrics.set_store_writable(result.is_ok());
         if let Err(e) = result {
-            log(&format!("cannot write the status (will retry): {e:#}"));
+            warn(&format!("cannot write the status (will retry): {e:#}"));
         }
     }
 }

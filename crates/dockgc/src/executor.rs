@@ -9,7 +9,7 @@ use std::collections::{HashSet, VecDeque};
 
 use anyhow::Result;
 use dockgc_core::model::{Container, Filesystem, Snapshot};
-use dockgc_core::plan::{recheck_image, Kind, Reason, Step};
+use dockgc_core::plan::{recheck_image, Kind, Reason, SkipReason, Step};
 use dockgc_core::Policy;
 use dockgc_docker::engine::Removal;
 use dockgc_docker::{Engine, Error};
@@ -72,6 +72,9 @@ pub struct StepResult {
     /// Why, for skipped, failed and not run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The cause's category, for skipped and failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
 }
 
 /// What a run did.
@@ -265,34 +268,27 @@ impl Executor<'_> {
             self.engine.containers_brief().await
         };
         let containers = match fresh {
-            Ok(c) => Some(c),
+            Ok(c) => c,
             Err(e) => {
                 // Without fresh facts nothing in this chunk may be deleted.
-                let why = e.to_string();
+                let failed = Attempt::engine_failure(&e);
                 for (i, step) in chunk.iter().enumerate() {
-                    self.finish(
-                        first_seq + 1 + i as u64,
-                        step,
-                        Outcome::Failed,
-                        Some(why.clone()),
-                        report,
-                    )?;
+                    self.finish(first_seq + 1 + i as u64, step, failed.clone(), report)?;
                 }
-                report.aborted = Some(why);
+                report.aborted = Some(e.to_string());
                 return self.audit.sync();
             }
         };
-        let containers = containers.unwrap_or_default();
         let results = join_all(chunk.iter().map(|s| self.attempt(s, &containers))).await;
-        for (i, (step, (outcome, detail, fatal))) in chunk.iter().zip(results).enumerate() {
-            if outcome == Outcome::Removed {
+        for (i, (step, attempt)) in chunk.iter().zip(results).enumerate() {
+            if attempt.outcome == Outcome::Removed {
                 self.deletions += 1;
                 self.bytes += step.bytes;
             }
-            if let Some(why) = fatal {
-                report.aborted.get_or_insert(why);
+            if let Some(why) = &attempt.fatal {
+                report.aborted.get_or_insert(why.clone());
             }
-            self.finish(first_seq + 1 + i as u64, step, outcome, detail, report)?;
+            self.finish(first_seq + 1 + i as u64, step, attempt, report)?;
         }
         self.audit.sync()
     }
@@ -301,32 +297,45 @@ impl Executor<'_> {
         &mut self,
         seq: u64,
         step: &Step,
-        outcome: Outcome,
-        detail: Option<String>,
+        attempt: Attempt,
         report: &mut Report,
     ) -> Result<()> {
         self.audit.write(
             seq,
             Event::Outcome {
-                outcome: outcome.as_str().into(),
-                detail: detail.clone(),
+                outcome: attempt.outcome.as_str().into(),
+                detail: attempt.detail.clone(),
             },
         )?;
+        // One structured log event per deletion, with the audit trail's run (from the span)
+        // and sequence number.
+        let outcome = attempt.outcome.as_str();
+        let detail = attempt.detail.as_deref().unwrap_or("");
+        match attempt.outcome {
+            Outcome::Failed => tracing::warn!(
+                seq, kind = %step.kind, id = %step.id, name = %step.name, reason = ?step.reason,
+                disk_bytes = step.disk_bytes, outcome, detail, "deletion failed"
+            ),
+            _ => tracing::info!(
+                seq, kind = %step.kind, id = %step.id, name = %step.name, reason = ?step.reason,
+                disk_bytes = step.disk_bytes, outcome, detail, "deletion"
+            ),
+        }
         if let Some(p) = &self.progress {
             p.inc(1);
             p.set_message(format!("{} {}", step.kind, step.name));
         }
-        push(report, step, outcome, detail);
+        report.results.push(StepResult {
+            step: step.clone(),
+            outcome: attempt.outcome,
+            detail: attempt.detail,
+            cause: attempt.cause,
+        });
         Ok(())
     }
 
-    /// Re-checks and deletes one step. Returns the outcome, its detail, and an abort reason
-    /// when the engine became unreachable.
-    async fn attempt(
-        &self,
-        step: &Step,
-        containers: &[Container],
-    ) -> (Outcome, Option<String>, Option<String>) {
+    /// Re-checks and deletes one step.
+    async fn attempt(&self, step: &Step, containers: &[Container]) -> Attempt {
         if let Err(why) = self.recheck(step, containers).await {
             return why;
         }
@@ -345,59 +354,139 @@ impl Executor<'_> {
                 .map(|_| Removal::Removed),
         };
         match result {
-            Ok(Removal::Removed) => (Outcome::Removed, None, None),
-            Ok(Removal::AlreadyGone) => (Outcome::AlreadyGone, None, None),
-            Err(Error::Conflict(m)) => (
-                Outcome::Skipped,
-                Some(format!("engine refused (in use): {m}")),
-                None,
-            ),
-            Err(e @ Error::Unreachable { .. }) => {
-                (Outcome::Failed, Some(e.to_string()), Some(e.to_string()))
+            Ok(Removal::Removed) => Attempt::done(Outcome::Removed),
+            Ok(Removal::AlreadyGone) => Attempt::done(Outcome::AlreadyGone),
+            Err(Error::Conflict(m)) => {
+                Attempt::skipped(Cause::InUse, format!("engine refused (in use): {m}"))
             }
-            Err(e) => (Outcome::Failed, Some(e.to_string()), None),
+            Err(e) => Attempt::engine_failure(&e),
         }
     }
 
-    async fn recheck(
-        &self,
-        step: &Step,
-        containers: &[Container],
-    ) -> Result<(), (Outcome, Option<String>, Option<String>)> {
-        let skip = |why: String| Err((Outcome::Skipped, Some(why), None));
+    async fn recheck(&self, step: &Step, containers: &[Container]) -> Result<(), Attempt> {
+        let skip = |cause, why: String| Err(Attempt::skipped(cause, why));
         let now = chrono::Utc::now().timestamp();
         match step.kind {
             Kind::Container => match containers.iter().find(|c| c.id == step.id) {
-                None => Err((Outcome::AlreadyGone, None, None)),
-                Some(c) if !c.state.is_stopped() => skip("running again since the plan".into()),
+                None => Err(Attempt::done(Outcome::AlreadyGone)),
+                Some(c) if !c.state.is_stopped() => {
+                    skip(Cause::InUse, "running again since the plan".into())
+                }
                 Some(c) if step.last_used.is_some_and(|t| c.last_activity() > t) => {
-                    skip("used since the plan".into())
+                    skip(Cause::Changed, "used since the plan".into())
                 }
                 Some(_) => Ok(()),
             },
             Kind::Image => {
                 let fresh = match self.engine.inspect_image(&step.id).await {
                     Ok(Some(i)) => i,
-                    Ok(None) => return Err((Outcome::AlreadyGone, None, None)),
-                    Err(e @ Error::Unreachable { .. }) => {
-                        return Err((Outcome::Failed, Some(e.to_string()), Some(e.to_string())))
-                    }
-                    Err(e) => return Err((Outcome::Failed, Some(e.to_string()), None)),
+                    Ok(None) => return Err(Attempt::done(Outcome::AlreadyGone)),
+                    Err(e) => return Err(Attempt::engine_failure(&e)),
                 };
                 let planned: HashSet<&String> = step.tags.iter().collect();
                 if let Some(t) = fresh.tags.iter().find(|t| !planned.contains(t)) {
-                    return skip(format!("tagged {t} since the plan"));
+                    return skip(Cause::Changed, format!("tagged {t} since the plan"));
                 }
-                recheck_image(&fresh, containers, self.policy, fresh.arrived, now)
-                    .or_else(|why| skip(format!("re-check: {why}")))
+                recheck_image(&fresh, containers, self.policy, fresh.arrived, now).or_else(|why| {
+                    let cause = match why {
+                        SkipReason::InUse { .. } => Cause::InUse,
+                        _ => Cause::Protected,
+                    };
+                    skip(cause, format!("re-check: {why}"))
+                })
             }
-            Kind::Volume => {
-                in_use(containers, |c| c.volumes.contains(&step.id)).map_or(Ok(()), skip)
-            }
-            Kind::Network => {
-                in_use(containers, |c| c.networks.contains(&step.name)).map_or(Ok(()), skip)
-            }
+            Kind::Volume => in_use(containers, |c| c.volumes.contains(&step.id))
+                .map_or(Ok(()), |why| skip(Cause::InUse, why)),
+            Kind::Network => in_use(containers, |c| c.networks.contains(&step.name))
+                .map_or(Ok(()), |why| skip(Cause::InUse, why)),
             Kind::BuildCache => Ok(()),
+        }
+    }
+}
+
+/// Why a step was left alone or failed: the `cause` label of dockgc's metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// A container uses it now (the re-check, or the engine's 409).
+    InUse,
+    /// Tagged, started or used since the plan.
+    Changed,
+    /// The re-check found it protected or too young.
+    Protected,
+    /// The engine could not be reached.
+    EngineUnreachable,
+    /// The engine answered with an error.
+    EngineError,
+}
+
+impl Cause {
+    /// Every cause.
+    pub const ALL: [Cause; 5] = [
+        Cause::InUse,
+        Cause::Changed,
+        Cause::Protected,
+        Cause::EngineUnreachable,
+        Cause::EngineError,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::InUse => "in_use",
+            Self::Changed => "changed",
+            Self::Protected => "protected",
+            Self::EngineUnreachable => "engine_unreachable",
+            Self::EngineError => "engine_error",
+        }
+    }
+
+    /// Whether the cause fails a deletion (rather than leaving it alone).
+    pub fn is_failure(self) -> bool {
+        matches!(self, Self::EngineUnreachable | Self::EngineError)
+    }
+}
+
+/// What came of attempting one step.
+#[derive(Debug, Clone)]
+struct Attempt {
+    outcome: Outcome,
+    detail: Option<String>,
+    cause: Option<Cause>,
+    /// Set when the engine became unreachable: the run stops.
+    fatal: Option<String>,
+}
+
+impl Attempt {
+    fn done(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            detail: None,
+            cause: None,
+            fatal: None,
+        }
+    }
+
+    fn skipped(cause: Cause, why: String) -> Self {
+        Self {
+            outcome: Outcome::Skipped,
+            detail: Some(why),
+            cause: Some(cause),
+            fatal: None,
+        }
+    }
+
+    fn engine_failure(e: &Error) -> Self {
+        let unreachable = matches!(e, Error::Unreachable { .. });
+        Self {
+            outcome: Outcome::Failed,
+            detail: Some(e.to_string()),
+            cause: Some(if unreachable {
+                Cause::EngineUnreachable
+            } else {
+                Cause::EngineError
+            }),
+            fatal: unreachable.then(|| e.to_string()),
         }
     }
 }
@@ -417,6 +506,7 @@ fn push(report: &mut Report, step: &Step, outcome: Outcome, detail: Option<Strin
         step: step.clone(),
         outcome,
         detail,
+        cause: None,
     });
 }
 

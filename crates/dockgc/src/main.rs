@@ -8,6 +8,9 @@ mod cli;
 mod config;
 mod daemon;
 mod executor;
+mod http;
+mod metrics;
+mod notify;
 mod output;
 mod schedule;
 mod store;
@@ -25,7 +28,9 @@ use dockgc_core::{History, Policy, Request, Selection};
 use dockgc_docker::{Engine, Environment};
 use serde::Serialize;
 
-use crate::cli::{Cli, Command, ConfigCommand, Format, GoalArgs, PruneArgs, Source};
+use crate::cli::{
+    Cli, Command, ConfigCommand, Format, GoalArgs, LogFormat, NotifyCommand, PruneArgs, Source,
+};
 use crate::executor::{Limits, Outcome, Report};
 
 /// How a command ended; maps onto the documented exit codes.
@@ -49,8 +54,33 @@ impl From<Exit> for ExitCode {
     }
 }
 
+/// Structured logs on standard error. The governor logs at `info` by default; one-shot commands
+/// print their results and only log warnings.
+fn start_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let default = match cli.command {
+        Command::Run { .. } => "info",
+        _ => "warn",
+    };
+    let filter = EnvFilter::try_from_env("DOCKGC_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match cli.log_format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    start_logging(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -143,7 +173,14 @@ async fn run(cli: Cli) -> Result<Exit> {
             Ok(Exit::Done)
         }
         Command::Prune(args) => prune(&cli, args).await,
-        Command::Run { parallel } => {
+        Command::Run { parallel, listen } => {
+            let listen = match listen.as_deref() {
+                None => None,
+                Some("off") => Some(None),
+                Some(addr) => Some(Some(addr.parse().with_context(|| {
+                    format!("--listen `{addr}`: expected ADDRESS:PORT such as 127.0.0.1:9714, or \"off\"")
+                })?)),
+            };
             let endpoint =
                 dockgc_docker::endpoint::resolve(&Environment::from_process(cli.host.clone()))?;
             // Fail fast on a bad config, before anything starts.
@@ -156,6 +193,7 @@ async fn run(cli: Cli) -> Result<Exit> {
                     endpoint,
                     timeout: Duration::from_secs(cli.timeout),
                     parallel: usize::from(*parallel),
+                    listen,
                 },
                 stop,
             )
@@ -169,6 +207,9 @@ async fn run(cli: Cli) -> Result<Exit> {
             format,
         } => log(&cli, since.as_deref(), kind.as_deref(), *format),
         Command::Trigger => trigger(&cli),
+        Command::Notify(NotifyCommand::Test { receiver }) => {
+            notify_test(&cli, receiver.as_deref()).await
+        }
     }
 }
 
@@ -706,4 +747,34 @@ fn report_text(
     }
     let _ = writeln!(out, "{}", output::disk_line(after, policy));
     out
+}
+
+/// `dockgc notify test`.
+async fn notify_test(cli: &Cli, receiver: Option<&str>) -> Result<Exit> {
+    let (config, path) = config::load(cli.config.as_deref())?;
+    let from = path.map_or("the built-in defaults".to_string(), |p| {
+        p.display().to_string()
+    });
+    let hooks: Vec<config::Webhook> = config
+        .webhooks
+        .into_iter()
+        .filter(|h| receiver.is_none_or(|r| h.name == r))
+        .collect();
+    if hooks.is_empty() {
+        match receiver {
+            Some(r) => bail!("no receiver named `{r}` in [[notify.webhook]] of {from}"),
+            None => bail!("no [[notify.webhook]] receivers in {from}; see docs/notifications.md"),
+        }
+    }
+    let mut failed = 0;
+    for (name, result) in notify::send_test(&hooks).await {
+        match result {
+            Ok(()) => println!("{name}: delivered"),
+            Err(e) => {
+                failed += 1;
+                println!("{name}: failed: {e}");
+            }
+        }
+    }
+    Ok(if failed == 0 { Exit::Done } else { Exit::Error })
 }
