@@ -118,6 +118,7 @@ pub struct Metrics {
     config_reload_ok: Gauge,
     notifications: Family<DeliveryLabels, Counter>,
     notification_retries: Family<ClassLabel, Counter>,
+    start_time: Gauge,
 }
 
 /// Content type of [`Metrics::encode`].
@@ -205,6 +206,7 @@ impl Metrics {
             config_reload_ok: Gauge::default(),
             notifications: Family::default(),
             notification_retries: Family::default(),
+            start_time: Gauge::default(),
         };
         fn bytes(r: &mut Registry, name: &str, help: &str, metric: impl Metric) {
             r.register_with_unit(name, help, Unit::Bytes, metric)
@@ -393,6 +395,13 @@ impl Metrics {
             "Webhook delivery attempts after the first, by receiver",
             m.notification_retries.clone(),
         );
+        r.register_with_unit(
+            "dockgc_start_time",
+            "When the governor started (Unix time)",
+            Unit::Seconds,
+            m.start_time.clone(),
+        );
+        m.start_time.set(chrono::Utc::now().timestamp());
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels {
