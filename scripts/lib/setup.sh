@@ -15,6 +15,7 @@ need_root() {
 install_packages() {
   local missing=()
   [ -x /usr/sbin/dockerd ] && [ -x /usr/bin/docker ] || missing+=(docker.io)
+  command -v promtool >/dev/null && [ -x /usr/bin/prometheus ] || missing+=(prometheus)
   [ -x /usr/bin/busybox ] && file_is_static /usr/bin/busybox || missing+=(busybox-static)
   command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
   command -v curl >/dev/null || missing+=(curl)

@@ -113,6 +113,23 @@ pub enum Reason {
     BuildCache,
 }
 
+impl Reason {
+    /// The name in JSON, the audit trail, logs and metric labels (`disk_pressure`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::StoppedContainer => "stopped_container",
+            Self::DanglingImage => "dangling_image",
+            Self::UnusedImage => "unused_image",
+            Self::DiskPressure => "disk_pressure",
+            Self::Requested => "requested",
+            Self::AnonymousVolume => "anonymous_volume",
+            Self::NamedVolume => "named_volume",
+            Self::UnusedNetwork => "unused_network",
+            Self::BuildCache => "build_cache",
+        }
+    }
+}
+
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

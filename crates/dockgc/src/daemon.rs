@@ -160,6 +160,9 @@ pub struct Status {
     pub config: Option<String>,
     /// The last reload's error, if the new config was refused.
     pub reload_error: Option<String>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    #[serde(default)]
+    pub listen: Option<String>,
 }
 
 /// Settings of `dockgc run`.
@@ -229,13 +232,13 @@ pub async fn run(options: Options, stop: CancellationToken) -> Result<()> {
     let store = Store::open(&options.state_dir)?;
     let metrics = Arc::new(Metrics::new());
     let listen = options.listen.unwrap_or(config.listen);
-    let http = match listen {
+    let (http, listen) = match listen {
         Some(addr) => {
-            let thread = crate::http::start(addr, Arc::clone(&metrics), stop.clone())?;
-            tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
-            Some(thread)
+            let (thread, bound) = crate::http::start(addr, Arc::clone(&metrics), stop.clone())?;
+            tracing::info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+            (Some(thread), Some(bound.to_string()))
         }
-        None => None,
+        None => (None, None),
     };
     let notifier = Notifier::start(&config.webhooks, Arc::clone(&metrics), &stop);
     let schedules = Schedules::new(&config.schedule.cron);
@@ -247,6 +250,7 @@ pub async fn run(options: Options, stop: CancellationToken) -> Result<()> {
             endpoint: options.endpoint.to_string(),
             engine: "down".into(),
             config: config_path.as_ref().map(|p| p.display().to_string()),
+            listen,
             ..Status::default()
         },
         config,
@@ -298,6 +302,7 @@ pub async fn run(options: Options, stop: CancellationToken) -> Result<()> {
     }
     governor.connect().await;
     governor.reconcile_intents().await;
+    governor.write_status();
     notify_systemd("READY=1");
     log(&format!(
         "governing {} (state in {})",
@@ -618,6 +623,8 @@ impl Governor {
         let started = now();
         let clock = std::time::Instant::now();
         self.metrics.set_cycle_in_progress(true);
+        // `dockgc status` shows the engine and disk as this cycle found them.
+        self.write_status();
         let result = self.run_cycle(trigger).await;
         self.metrics.set_cycle_in_progress(false);
         let ended = match result {
@@ -837,7 +844,9 @@ impl Governor {
         drop(audit);
         let failed = done.report.count(Outcome::Failed) as u64;
         let removed = done.report.count(Outcome::Removed) as u64;
-        if done.status == RunStatus::TargetNotReached {
+        // Short of the target, or a deletion failed: the same cycle is not repeated every few
+        // seconds (with the same failing deletion and notice each time) until usage moves.
+        if done.status != RunStatus::Done && self.pressure {
             if let Some(after) = done.after {
                 self.stuck_at = Some((after.used_bytes, std::time::Instant::now()));
             }

@@ -250,10 +250,7 @@ impl Executor<'_> {
                     kind: step.kind.to_string(),
                     id: step.id.clone(),
                     name: step.name.clone(),
-                    reason: serde_json::to_value(step.reason)?
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
+                    reason: step.reason.as_str().to_string(),
                     rule: step.rule.clone(),
                     bytes: step.bytes,
                     disk_bytes: step.disk_bytes,
@@ -313,12 +310,14 @@ impl Executor<'_> {
         let detail = attempt.detail.as_deref().unwrap_or("");
         match attempt.outcome {
             Outcome::Failed => tracing::warn!(
-                seq, kind = %step.kind, id = %step.id, name = %step.name, reason = ?step.reason,
-                disk_bytes = step.disk_bytes, outcome, detail, "deletion failed"
+                seq, kind = %step.kind, id = %step.id, name = %step.name,
+                reason = step.reason.as_str(), disk_bytes = step.disk_bytes, outcome, detail,
+                "deletion failed"
             ),
             _ => tracing::info!(
-                seq, kind = %step.kind, id = %step.id, name = %step.name, reason = ?step.reason,
-                disk_bytes = step.disk_bytes, outcome, detail, "deletion"
+                seq, kind = %step.kind, id = %step.id, name = %step.name,
+                reason = step.reason.as_str(), disk_bytes = step.disk_bytes, outcome, detail,
+                "deletion"
             ),
         }
         if let Some(p) = &self.progress {

@@ -77,16 +77,18 @@ pub async fn serve(
 }
 
 /// Binds `addr` now (so a taken port fails the start with a clear message), then serves on a
-/// thread of its own until `stop`.
+/// thread of its own until `stop`. Returns the thread and the address bound (port 0 picks a
+/// free port).
 pub fn start(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
-) -> Result<std::thread::JoinHandle<()>> {
+) -> Result<(std::thread::JoinHandle<()>, SocketAddr)> {
     let listener = std::net::TcpListener::bind(addr).with_context(|| {
         format!("cannot listen on {addr} (`metrics.listen` in the config, or --listen)")
     })?;
     listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -105,5 +107,5 @@ pub fn start(
             });
         })
         .context("starting the HTTP thread")?;
-    Ok(thread)
+    Ok((thread, bound))
 }

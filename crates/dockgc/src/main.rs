@@ -309,6 +309,9 @@ fn status(cli: &Cli, format: Format) -> Result<Exit> {
                     if let Some(e) = &s.reload_error {
                         let _ = writeln!(out, "Last reload refused: {e}");
                     }
+                    if let Some(addr) = &s.listen {
+                        let _ = writeln!(out, "Metrics: http://{addr}/metrics");
+                    }
                 }
             }
             out.push_str("\nLast cycles:\n");

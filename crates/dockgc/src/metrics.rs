@@ -149,13 +149,6 @@ const REASONS: [(Kind, Reason); 9] = [
 /// The classes of `dockgc_class_*`.
 const CLASSES: [&str; 4] = ["images", "containers", "volumes", "build_cache"];
 
-fn reason_label(reason: Reason) -> String {
-    serde_json::to_value(reason)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
 fn gauge_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -413,7 +406,7 @@ impl Metrics {
         for (kind, reason) in REASONS {
             let labels = KindReason {
                 kind: kind.to_string(),
-                reason: reason_label(reason),
+                reason: reason.as_str().into(),
             };
             let _ = m.deletions.get_or_create(&labels);
             let _ = m.reclaimed_bytes.get_or_create(&labels);
@@ -538,7 +531,7 @@ impl Metrics {
             Outcome::Removed => {
                 let labels = KindReason {
                     kind,
-                    reason: reason_label(result.step.reason),
+                    reason: result.step.reason.as_str().into(),
                 };
                 self.deletions.get_or_create(&labels).inc();
                 self.reclaimed_bytes

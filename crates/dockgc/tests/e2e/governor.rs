@@ -19,11 +19,23 @@ pub struct Governor {
     /// Its config file.
     pub config: PathBuf,
     host: String,
+    run_args: Vec<String>,
 }
 
 impl Governor {
-    /// Starts the governor with `config` (TOML text).
+    /// Starts the governor with `config` (TOML text), serving metrics on a free port.
     pub fn start(engine: &PrivateEngine, config: &str) -> Self {
+        Self::start_with(engine, config, None, &["--listen", "127.0.0.1:0"])
+    }
+
+    /// Starts the governor with `config`, on `host` (default: the engine's socket), with more
+    /// arguments for `run`.
+    pub fn start_with(
+        engine: &PrivateEngine,
+        config: &str,
+        host: Option<String>,
+        run_args: &[&str],
+    ) -> Self {
         let state = engine.scratch().join("gov-state");
         let path = engine.scratch().join("gov.toml");
         std::fs::write(&path, config).unwrap();
@@ -31,7 +43,8 @@ impl Governor {
             child: None,
             state,
             config: path,
-            host: engine.url(),
+            host: host.unwrap_or_else(|| engine.url()),
+            run_args: run_args.iter().map(|a| a.to_string()).collect(),
         };
         g.restart();
         g
@@ -50,6 +63,7 @@ impl Governor {
             .arg("-c")
             .arg(&self.config)
             .args(["run", "--parallel", "2"])
+            .args(&self.run_args)
             .env_remove("DOCKER_HOST")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -63,6 +77,21 @@ impl Governor {
             let s = self.status();
             (s["status"]["pid"] == pid && s["status"]["engine"] == "up").then_some(())
         });
+    }
+
+    /// Where it serves `/metrics` (from its status).
+    pub fn metrics_addr(&self) -> String {
+        self.status()["status"]["listen"]
+            .as_str()
+            .expect("the governor serves metrics")
+            .to_string()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
     /// `dockgc status --format json`.
@@ -175,7 +204,7 @@ fn used_percent(engine: &PrivateEngine) -> f64 {
     n[0] * 100.0 / (n[0] + n[1])
 }
 
-fn env_image(base: &[Layer], n: usize, mb: usize) -> Image {
+pub fn env_image(base: &[Layer], n: usize, mb: usize) -> Image {
     let mut layers = base.to_vec();
     layers.push(Layer::random(
         &format!("opt/env/{n}.bin"),
@@ -186,7 +215,7 @@ fn env_image(base: &[Layer], n: usize, mb: usize) -> Image {
 }
 
 /// Loads `ml/env-N:v1` for every N of `range`, `per_load` images an archive, `mb` MB each.
-fn load_envs(
+pub fn load_envs(
     engine: &PrivateEngine,
     base: &[Layer],
     range: std::ops::Range<usize>,

@@ -7,6 +7,8 @@ mod archive;
 mod fixtures;
 mod governor;
 mod harness;
+mod observability;
+mod proxy;
 
 use std::collections::HashSet;
 use std::process::Output;
@@ -484,70 +486,6 @@ fn routine_prune_removes_leftovers_and_keeps_what_is_protected() {
     }
 }
 
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        match (bytes[i], bytes.get(i + 1..i + 3)) {
-            (b'%', Some(hex)) => {
-                out.push(u8::from_str_radix(std::str::from_utf8(hex).unwrap(), 16).unwrap());
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A proxy in front of the engine's socket that answers 500 to deletions of `victim`.
-fn failing_proxy(engine: &PrivateEngine, victim: String) -> std::path::PathBuf {
-    use std::io::{Read, Write};
-    use std::os::unix::net::{UnixListener, UnixStream};
-    let path = engine.scratch().join("proxy.sock");
-    let listener = UnixListener::bind(&path).unwrap();
-    let upstream = engine.socket.clone();
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(mut client) = client else { return };
-            let upstream = upstream.clone();
-            let victim = victim.clone();
-            std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if client.read(&mut byte).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let line =
-                    percent_decode(String::from_utf8_lossy(&head).lines().next().unwrap_or(""));
-                if line.starts_with("DELETE") && line.contains(&victim) {
-                    let body = r#"{"message":"injected failure"}"#;
-                    let _ = write!(client, "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-                    return;
-                }
-                let Ok(mut server) = UnixStream::connect(&upstream) else {
-                    return;
-                };
-                server.write_all(&head).unwrap();
-                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let up = std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut c2, &mut s2);
-                });
-                let _ = std::io::copy(&mut server, &mut client);
-                let _ = client.shutdown(std::net::Shutdown::Both);
-                let _ = up.join();
-            });
-        }
-    });
-    path
-}
-
 #[test]
 fn an_api_error_mid_run_exits_2_and_keeps_the_audit_consistent() {
     let engine = PrivateEngine::start(700);
@@ -555,17 +493,16 @@ fn an_api_error_mid_run_exits_2_and_keeps_the_audit_consistent() {
     let config = write_config(&engine, &eager("", "unused = \"remove\""));
     let victim = "ml/env-12:v1";
     let victim_id = engine.docker(&["inspect", "-f", "{{.Id}}", victim]);
-    let proxy = failing_proxy(&engine, victim.to_string());
+    let proxy = proxy::Proxy::start(&engine, move |line| {
+        if line.starts_with("DELETE") && line.contains(victim) {
+            proxy::Verdict::Fail
+        } else {
+            proxy::Verdict::Forward
+        }
+    });
     let audit = engine.scratch().join("audit.jsonl");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_dockgc"))
-        .args([
-            "--host",
-            &format!("unix://{}", proxy.display()),
-            "-c",
-            &config,
-            "prune",
-            "-f",
-        ])
+        .args(["--host", &proxy.url(), "-c", &config, "prune", "-f"])
         .arg("--audit-file")
         .arg(&audit)
         .env_remove("DOCKER_HOST")
