@@ -40,11 +40,18 @@ pub struct KindCause {
     pub cause: String,
 }
 
-/// One label: `class`, `watermark`, `receiver`, …
+/// A class of objects.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClassLabel {
     /// Class of objects: `images`, `containers`, `volumes`, `build_cache`.
     pub class: String,
+}
+
+/// A webhook receiver.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReceiverLabel {
+    /// The receiver's configured name.
+    pub receiver: String,
 }
 
 /// Which watermark.
@@ -117,7 +124,7 @@ pub struct Metrics {
     store_writable: Gauge,
     config_reload_ok: Gauge,
     notifications: Family<DeliveryLabels, Counter>,
-    notification_retries: Family<ClassLabel, Counter>,
+    notification_retries: Family<ReceiverLabel, Counter>,
     start_time: Gauge,
 }
 
@@ -624,8 +631,8 @@ impl Metrics {
     /// A webhook delivery attempt after the first.
     pub fn observe_retry(&self, receiver: &str) {
         self.notification_retries
-            .get_or_create(&ClassLabel {
-                class: receiver.into(),
+            .get_or_create(&ReceiverLabel {
+                receiver: receiver.into(),
             })
             .inc();
     }
@@ -669,5 +676,15 @@ mod tests {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("dockgc_"), "{line}");
         }
+    }
+
+    #[test]
+    fn text_format_names_counter_families_like_their_samples() {
+        let text = Metrics::new().encode_text();
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
+        assert!(text.contains("# TYPE dockgc_deletions_total counter\n"), "{text}");
+        assert!(text.contains("# HELP dockgc_deletions_total Objects deleted"), "{text}");
+        assert!(text.contains("# TYPE dockgc_filesystem_used_bytes gauge\n"), "{text}");
+        assert!(!text.contains("# TYPE dockgc_deletions counter"), "{text}");
     }
 }

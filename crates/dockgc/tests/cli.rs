@@ -213,3 +213,166 @@ fn bad_flags_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ssh://"));
 }
+
+/// A one-shot HTTP receiver: answers `status` to each request and hands back what it got.
+fn receiver(status: u16) -> (String, std::sync::mpsc::Receiver<String>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Headers, then the body by Content-Length.
+            loop {
+                let n = stream.read(&mut buf).unwrap();
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len || n == 0 {
+                        break;
+                    }
+                }
+            }
+            write!(
+                stream,
+                "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            tx.send(String::from_utf8_lossy(&got).into_owned()).unwrap();
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn notify_test_reaches_each_receiver_and_says_how_it_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (good, got) = receiver(204);
+    let (bad, _) = receiver(500);
+    let c = config(
+        dir.path(),
+        &format!(
+            "[[notify.webhook]]\nname = \"ops\"\nurl = \"http://{good}/hook/secret-path\"\nsecret = \"k3y\"\n\
+             [[notify.webhook]]\nname = \"broken\"\nurl = \"http://{bad}/hook/secret-path\"\n"
+        ),
+    );
+    let out = dockgc(&["-c", &c, "notify", "test"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(stdout.contains("ops: delivered"), "{stdout}");
+    assert!(
+        stdout.contains("broken: failed: the receiver answered HTTP 500"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("secret-path"), "{stdout}");
+    let request = got
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    assert!(request.starts_with("POST /hook/secret-path "), "{request}");
+    let lower = request.to_ascii_lowercase();
+    assert!(lower.contains("x-dockgc-event: test"), "{request}");
+    assert!(
+        lower.contains("x-dockgc-signature-256: sha256="),
+        "{request}"
+    );
+    assert!(request.contains("\"version\":1"), "{request}");
+
+    let out = dockgc(&["-c", &c, "notify", "test", "--receiver", "ops"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = dockgc(&["-c", &c, "notify", "test", "--receiver", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no receiver named `nope`"));
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dockgc"))
+        .args([
+            "-H",
+            "unix:///nonexistent.sock",
+            "--log-format",
+            "json",
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("DOCKGC_STATE_DIR", dir.path())
+        .env_remove("DOCKGC_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("engine down")
+    {
+        assert!(std::time::Instant::now() < deadline, "no engine-down event");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let killed = Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let down = events
+        .iter()
+        .find(|e| e["message"].as_str().unwrap().starts_with("engine down"))
+        .unwrap();
+    assert_eq!(down["level"], "WARN");
+    assert!(down["timestamp"].as_str().unwrap().ends_with('Z'));
+    let serving = events
+        .iter()
+        .find(|e| e["message"] == "serving /metrics, /healthz and /readyz")
+        .unwrap();
+    assert!(
+        serving["addr"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{serving}"
+    );
+    assert_eq!(events.last().unwrap()["message"], "stopped");
+}
+
+#[test]
+fn bad_observability_config_names_key_line_and_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(
+        dir.path(),
+        "[metrics]\nlisten = \"127.0.0.1:9714\"\n\n[[notify.webhook]]\nurl = \"https://hooks.example/T/very-secret\"\nformat = \"teams\"\n",
+    );
+    let out = dockgc(&["config", "check", &c]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(":6: `notify.webhook[0].format`: `teams` is not valid; expected \"json\""),
+        "{err}"
+    );
+    let c = config(dir.path(), "[[notify.webhook]]\nname = \"x\"\n");
+    let err = String::from_utf8_lossy(&dockgc(&["config", "check", &c]).stderr).into_owned();
+    assert!(
+        err.contains("`notify.webhook[0].url`: is required"),
+        "{err}"
+    );
+}
