@@ -681,10 +681,22 @@ mod tests {
     #[test]
     fn text_format_names_counter_families_like_their_samples() {
         let text = Metrics::new().encode_text();
-        assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
-        assert!(text.contains("# TYPE dockgc_deletions_total counter\n"), "{text}");
-        assert!(text.contains("# HELP dockgc_deletions_total Objects deleted"), "{text}");
-        assert!(text.contains("# TYPE dockgc_filesystem_used_bytes gauge\n"), "{text}");
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE dockgc_deletions_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP dockgc_deletions_total Objects deleted"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE dockgc_filesystem_used_bytes gauge\n"),
+            "{text}"
+        );
         assert!(!text.contains("# TYPE dockgc_deletions counter"), "{text}");
     }
 }
