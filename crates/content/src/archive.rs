@@ -26,7 +26,7 @@ pub struct ArchiveImage {
 }
 
 /// A layer of an image.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub struct ImageLayer {
     /// Digest of the uncompressed layer (`sha256:…`).
     pub diff_id: String,
@@ -234,6 +234,20 @@ fn blob_path(digest: &str) -> String {
 fn digest_of(path: &str) -> String {
     let name = path.rsplit('/').next().unwrap_or(path);
     format!("sha256:{}", name.trim_end_matches(".json"))
+}
+
+/// An image config's diff IDs and, for each layer, the command that made it.
+pub fn parse_config(config: &[u8]) -> Result<(Vec<String>, Vec<String>), String> {
+    let config: Config =
+        serde_json::from_slice(config).map_err(|e| format!("malformed image config: {e}"))?;
+    let mut commands: Vec<String> = config
+        .history
+        .iter()
+        .filter(|h| !h.empty_layer)
+        .map(|h| h.created_by.trim().to_string())
+        .collect();
+    commands.resize(config.rootfs.diff_ids.len(), String::new());
+    Ok((config.rootfs.diff_ids, commands))
 }
 
 fn assemble(mut entries: Entries) -> Result<Archive, ArchiveError> {

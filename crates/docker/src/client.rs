@@ -177,6 +177,15 @@ impl Client {
     /// Opens a streaming GET (`/events`): waits for the headers within the timeout, then
     /// hands over the body, which may stay open for ever.
     pub async fn stream(&self, path: &str) -> Result<LineStream, Error> {
+        let body = self.open(path).await?;
+        Ok(LineStream {
+            body,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// Opens a streaming GET and hands over its body as it arrives (`/images/get`).
+    pub async fn open(&self, path: &str) -> Result<ByteStream, Error> {
         let uri = format!("{}{}", self.prefix, path);
         let open = async {
             let mut sender = self.handshake(&uri).await?;
@@ -200,10 +209,10 @@ impl Client {
                     .unwrap_or_default();
                 return Err(Error::from_status(status, &format!("GET {path}"), &body));
             }
-            Ok(LineStream {
+            Ok(ByteStream {
                 body: response.into_body(),
-                buffer: Vec::new(),
                 endpoint: self.endpoint.to_string(),
+                what: format!("GET {path}"),
             })
         };
         tokio::time::timeout(self.timeout, open)
@@ -257,11 +266,41 @@ impl Client {
     }
 }
 
+/// A response body as it arrives.
+pub struct ByteStream {
+    body: hyper::body::Incoming,
+    endpoint: String,
+    what: String,
+}
+
+impl ByteStream {
+    /// The next chunk, or `None` at the end.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, Error> {
+        loop {
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(Err(e)) => {
+                    return Err(Error::Unreachable {
+                        endpoint: self.endpoint.clone(),
+                        message: format!("{} broke off: {e}", self.what),
+                    })
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        if !data.is_empty() {
+                            return Ok(Some(data));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A response body read line by line (Docker streams one JSON object per line).
 pub struct LineStream {
-    body: hyper::body::Incoming,
+    body: ByteStream,
     buffer: Vec<u8>,
-    endpoint: String,
 }
 
 impl LineStream {
@@ -272,19 +311,9 @@ impl LineStream {
                 let line: Vec<u8> = self.buffer.drain(..=end).collect();
                 return Ok(Some(line));
             }
-            match self.body.frame().await {
+            match self.body.next_chunk().await? {
                 None => return Ok(None),
-                Some(Err(e)) => {
-                    return Err(Error::Unreachable {
-                        endpoint: self.endpoint.clone(),
-                        message: format!("event stream broke: {e}"),
-                    })
-                }
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.buffer.extend_from_slice(&data);
-                    }
-                }
+                Some(data) => self.buffer.extend_from_slice(&data),
             }
         }
     }

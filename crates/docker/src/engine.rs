@@ -398,6 +398,18 @@ impl Engine {
         }
     }
 
+    /// Streams `docker save` of these images (one archive, shared layers once). The engine
+    /// needs temporary space for it on its data root.
+    pub async fn export_images(&self, ids: &[String]) -> Result<crate::client::ByteStream, Error> {
+        let names: Vec<String> = ids
+            .iter()
+            .map(|id| format!("names={}", encode(id)))
+            .collect();
+        self.client
+            .open(&format!("/images/get?{}", names.join("&")))
+            .await
+    }
+
     async fn delete(&self, path: &str) -> Result<Removal, Error> {
         self.delete_reporting(path).await.map(|(r, _)| r)
     }

@@ -172,6 +172,31 @@ impl HostRoot {
         self.measured.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The image's config (the JSON with `rootfs.diff_ids` and `history`).
+    pub fn image_config(&self, image_id: &str) -> Option<Vec<u8>> {
+        std::fs::read(
+            self.image_dir()
+                .join("imagedb/content/sha256")
+                .join(hex(image_id)),
+        )
+        .ok()
+    }
+
+    /// The directory holding a layer's own files (overlay2's `diff`), where whiteouts are
+    /// character devices and opaque directories carry an xattr. Only for overlay2.
+    pub fn layer_diff_dir(&self, chain_id: &str) -> Option<PathBuf> {
+        if self.driver != "overlay2" {
+            return None;
+        }
+        let cache_id = std::fs::read_to_string(self.layer_dir(chain_id).join("cache-id")).ok()?;
+        let dir = self
+            .root
+            .join("overlay2")
+            .join(cache_id.trim())
+            .join("diff");
+        dir.is_dir().then_some(dir)
+    }
+
     /// When the image's config was written here: its local arrival.
     pub fn image_arrival(&self, image_id: &str) -> Option<Timestamp> {
         let path = self

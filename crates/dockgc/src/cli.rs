@@ -177,6 +177,51 @@ pub enum Command {
     /// Webhook notifications.
     #[command(subcommand)]
     Notify(NotifyCommand),
+    /// Find the waste baked into images and the Dockerfile fix for each.
+    ///
+    /// For every image (largest first) or those named: bytes per layer and wasted bytes by
+    /// cause: conda package caches, pip caches, apt lists and .deb archives, npm/yarn caches,
+    /// files deleted or overwritten in a later layer (their bytes still ship), identical files
+    /// in more than one layer. Each finding names the layer's command and the fix. Then the
+    /// host view: each layer's waste counted once, with the images that carry it.
+    ///
+    /// Layers come from the engine's layer directories when dockgc runs on its host as root
+    /// (fast), else from `docker save` streamed through the API; each layer's result is kept
+    /// in the state directory, so the next audit reads only new layers. --archive audits a
+    /// `docker save` or OCI archive file without an engine.
+    ///
+    /// Exit codes: 0 fine; 1 an image exceeds --max-waste or is below --min-efficiency;
+    /// 2 error. Examples:
+    ///   dockgc audit                            every image on the host
+    ///   dockgc audit --max-waste 200MB myapp:ci fail a CI job on a wasteful image
+    ///   docker save myapp:ci | dockgc audit --archive - --min-efficiency 90%
+    #[command(verbatim_doc_comment)]
+    Audit(AuditArgs),
+}
+
+/// `dockgc audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Images (tags or IDs); every image when none is named.
+    pub images: Vec<String>,
+    /// Read this docker-save or OCI archive ("-": standard input) instead of the engine.
+    #[arg(long, value_name = "FILE")]
+    pub archive: Option<PathBuf>,
+    /// Where to read layers from.
+    #[arg(long, value_enum, default_value_t = crate::inspect::Source::Auto)]
+    pub source: crate::inspect::Source,
+    /// Exit 1 if an image wastes more than this (e.g. 200MB).
+    #[arg(long, value_name = "SIZE")]
+    pub max_waste: Option<String>,
+    /// Exit 1 if an image's efficiency (share of bytes not wasted) is below this (e.g. 90%).
+    #[arg(long, value_name = "PERCENT")]
+    pub min_efficiency: Option<String>,
+    /// Findings and host-view rows shown in the table.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub top: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
 }
 
 /// `dockgc notify …`.

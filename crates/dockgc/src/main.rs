@@ -9,6 +9,7 @@ mod config;
 mod daemon;
 mod executor;
 mod http;
+mod inspect;
 mod metrics;
 mod notify;
 mod output;
@@ -210,6 +211,7 @@ async fn run(cli: Cli) -> Result<Exit> {
         Command::Notify(NotifyCommand::Test { receiver }) => {
             notify_test(&cli, receiver.as_deref()).await
         }
+        Command::Audit(args) => audit(&cli, args).await,
     }
 }
 
@@ -780,4 +782,63 @@ async fn notify_test(cli: &Cli, receiver: Option<&str>) -> Result<Exit> {
         }
     }
     Ok(if failed == 0 { Exit::Done } else { Exit::Error })
+}
+
+/// `dockgc audit`.
+async fn audit(cli: &Cli, args: &cli::AuditArgs) -> Result<Exit> {
+    let max_waste = args
+        .max_waste
+        .as_deref()
+        .map(|s| {
+            config::parse_size(s).with_context(|| {
+                format!("--max-waste `{s}`: expected a size such as 200MB, 1.5GB or 0")
+            })
+        })
+        .transpose()?;
+    let min_efficiency = args
+        .min_efficiency
+        .as_deref()
+        .map(|s| {
+            config::parse_percent(s).with_context(|| {
+                format!("--min-efficiency `{s}`: expected a percentage such as 90%")
+            })
+        })
+        .transpose()?;
+    let report = match &args.archive {
+        Some(path) => inspect::audit_archive(path, &args.images)?,
+        None => {
+            let policy = config::load(cli.config.as_deref())?.0.policy;
+            let engine = connect(cli).await?;
+            // The cache is a convenience: without a writable state directory, read everything.
+            let store = match store::Store::open(&state_dir(cli)) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!("auditing without the layer cache: {e:#}");
+                    None
+                }
+            };
+            inspect::audit_engine(
+                &engine,
+                store.as_ref(),
+                inspect::Job {
+                    images: &args.images,
+                    source: args.source,
+                    defer_above: Some(policy.disk.high),
+                },
+            )
+            .await?
+        }
+    };
+    match args.format {
+        Format::Json => println!("{}", to_json(&report)?),
+        Format::Table => print!("{}", inspect::report_text(&report, args.top)),
+    }
+    let violations = inspect::violations(&report, max_waste, min_efficiency);
+    if violations.is_empty() {
+        return Ok(Exit::Done);
+    }
+    for v in &violations {
+        eprintln!("dockgc: {v}");
+    }
+    Ok(Exit::TargetNotReached)
 }

@@ -9,14 +9,14 @@ use dockgc_core::plan::{Plan, TargetStatus};
 use dockgc_core::policy::Policy;
 use dockgc_core::{Explanation, Usage, Verdict};
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(NOTHING);
     t.set_header(header.iter().map(Cell::new));
     t
 }
 
-fn right(t: &mut Table, columns: &[usize]) {
+pub(crate) fn right(t: &mut Table, columns: &[usize]) {
     for &c in columns {
         if let Some(col) = t.column_mut(c) {
             col.set_cell_alignment(CellAlignment::Right);
@@ -24,7 +24,7 @@ fn right(t: &mut Table, columns: &[usize]) {
     }
 }
 
-fn trimmed(t: &Table) -> String {
+pub(crate) fn trimmed(t: &Table) -> String {
     t.to_string()
         .lines()
         .map(str::trim_end)

@@ -13,7 +13,7 @@ use crate::audit::{AuditSink, Event, Record};
 
 /// Schema version this build writes. Older databases are migrated on open; newer ones are
 /// refused (a newer dockgc wrote them).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// File name of the database in the state directory.
 pub const DB_FILE: &str = "dockgc.db";
@@ -124,6 +124,71 @@ impl Store {
                  COMMIT;",
             )?;
         }
+        if version < 2 {
+            // `dockgc audit`'s results per layer (layers never change) and each image's layers
+            // with their commands.
+            self.conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE IF NOT EXISTS layer_scans (
+                     diff_id TEXT PRIMARY KEY, version INTEGER NOT NULL, data BLOB NOT NULL);
+                 CREATE TABLE IF NOT EXISTS image_layers (id TEXT PRIMARY KEY, data TEXT NOT NULL);
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A layer's scan from an earlier audit, if made by this scanner version.
+    pub fn layer_scan(&self, diff_id: &str) -> Result<Option<dockgc_content::LayerIndex>> {
+        let row: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT data FROM layer_scans WHERE diff_id = ?1 AND version = ?2",
+                params![diff_id, dockgc_content::layer::SCAN_VERSION],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(compressed) = row else {
+            return Ok(None);
+        };
+        let json = zstd::decode_all(&compressed[..]).context("a corrupt layer scan")?;
+        Ok(Some(
+            serde_json::from_slice(&json).context("a corrupt layer scan")?,
+        ))
+    }
+
+    /// Keeps a layer's scan (zstd-compressed JSON: file lists compress well).
+    pub fn save_layer_scan(&self, diff_id: &str, index: &dockgc_content::LayerIndex) -> Result<()> {
+        let json = serde_json::to_vec(index)?;
+        let compressed = zstd::encode_all(&json[..], 3)?;
+        self.conn.execute(
+            "INSERT OR REPLACE INTO layer_scans (diff_id, version, data) VALUES (?1, ?2, ?3)",
+            params![diff_id, index.version, compressed],
+        )?;
+        Ok(())
+    }
+
+    /// An image's layers and their commands, from an earlier audit.
+    pub fn image_layers(&self, id: &str) -> Result<Option<Vec<dockgc_content::ImageLayer>>> {
+        let row: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT data FROM image_layers WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        row.map(|json| serde_json::from_str(&json).context("corrupt image layers"))
+            .transpose()
+    }
+
+    /// Keeps an image's layers and their commands (an image ID never changes content).
+    pub fn save_image_layers(&self, id: &str, layers: &[dockgc_content::ImageLayer]) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO image_layers (id, data) VALUES (?1, ?2)",
+            params![id, serde_json::to_string(layers)?],
+        )?;
         Ok(())
     }
 

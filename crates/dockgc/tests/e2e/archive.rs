@@ -11,6 +11,8 @@ use sha2::{Digest, Sha256};
 pub struct Layer {
     tar: Vec<u8>,
     diff_id: String,
+    /// The history's `created_by` for it (default: `COPY layer N`).
+    command: Option<String>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -51,7 +53,18 @@ impl Layer {
         }
         let tar = builder.into_inner().unwrap();
         let diff_id = format!("sha256:{}", hex(&Sha256::digest(&tar)));
-        Self { tar, diff_id }
+        Self {
+            tar,
+            diff_id,
+            command: None,
+        }
+    }
+
+    /// The same layer, made by `command` in the image history.
+    #[allow(dead_code)] // Not every user of this file names commands.
+    pub fn made_by(mut self, command: &str) -> Self {
+        self.command = Some(command.to_string());
+        self
     }
 
     /// A layer with one file of `size` pseudo-random bytes.
@@ -99,7 +112,7 @@ impl Image {
             .layers
             .iter()
             .enumerate()
-            .map(|(i, _)| serde_json::json!({"created": "2024-01-01T00:00:00Z", "created_by": format!("COPY layer {i} # {}", self.comment)}))
+            .map(|(i, l)| serde_json::json!({"created": "2024-01-01T00:00:00Z", "created_by": l.command.clone().unwrap_or_else(|| format!("COPY layer {i} # {}", self.comment))}))
             .collect();
         serde_json::to_vec(&serde_json::json!({
             "architecture": "amd64",

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // Tests and examples fail loudly by design.
 
 mod archive;
+mod audit;
 mod fixtures;
 mod governor;
 mod harness;

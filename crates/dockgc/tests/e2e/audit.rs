@@ -1,0 +1,304 @@
+//! `dockgc audit` on a real engine: fixture images with known waste of every cause, read from
+//! the layer directories and through the export API, a second audit from the cache, and CI
+//! gating.
+
+use serde_json::Value;
+
+use crate::archive::{Image, Layer};
+use crate::fixtures::load;
+use crate::harness::PrivateEngine;
+
+/// Pseudo-random bytes (distinct per seed: no accidental duplicates).
+fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut data = vec![0u8; n];
+    rng.fill(&mut data[..]);
+    data
+}
+
+const PIP: usize = 700_001;
+const APT_LISTS: usize = 600_002;
+const APT_DEBS: usize = 300_003;
+const NPM: usize = 400_004;
+const DELETED: usize = 2_000_005;
+const OVERWRITTEN: usize = 50_006;
+const DUPLICATE: usize = 1_000_007;
+const CONDA_TARBALL: usize = 3_000_008;
+const CONDA_EXTRACTED: usize = 1_000_009;
+
+fn fixtures() -> Vec<Image> {
+    let busybox = Layer::busybox().made_by("ADD busybox /bin/busybox");
+    let conda = Layer::new(&[
+        ("opt/conda/conda-meta/history", b"==> 2024 <==\n".to_vec()),
+        (
+            "opt/conda/pkgs/numpy-1.26.4-py312.conda",
+            bytes(CONDA_TARBALL, 1),
+        ),
+        (
+            "opt/conda/pkgs/numpy-1.26.4-py312/lib/core.so",
+            bytes(CONDA_EXTRACTED, 2),
+        ),
+        (
+            "opt/conda/lib/python3.12/numpy/core.so",
+            bytes(2_000_000, 3),
+        ),
+    ])
+    .made_by("/bin/sh -c conda install -y numpy");
+    let base = Image::new(&["ml/conda-base:v1"], vec![busybox.clone(), conda.clone()]);
+    let children: Vec<Image> = (1..=3)
+        .map(|n| {
+            Image::new(
+                &[&format!("ml/app-{n}:v1")],
+                vec![
+                    busybox.clone(),
+                    conda.clone(),
+                    Layer::new(&[(&format!("app/{n}.py") as &str, bytes(10_000, 100 + n))])
+                        .made_by("COPY app /app"),
+                ],
+            )
+        })
+        .collect();
+    let model = bytes(DUPLICATE, 20);
+    let wasteful = Image::new(
+        &["ml/waste:v1"],
+        vec![
+            busybox.clone(),
+            Layer::new(&[
+                ("root/.cache/pip/wheels/ab/torch.whl", bytes(PIP, 10)),
+                ("usr/lib/python3/site.py", bytes(10_000, 11)),
+            ])
+            .made_by("/bin/sh -c pip install torch"),
+            Layer::new(&[
+                (
+                    "var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_main",
+                    bytes(APT_LISTS, 12),
+                ),
+                (
+                    "var/cache/apt/archives/curl_7.88_amd64.deb",
+                    bytes(APT_DEBS, 13),
+                ),
+                ("usr/bin/curl", bytes(20_000, 14)),
+            ])
+            .made_by("/bin/sh -c apt-get update && apt-get install -y curl"),
+            Layer::new(&[("root/.npm/_cacache/content-v2/sha512/aa/bb", bytes(NPM, 15))])
+                .made_by("/bin/sh -c npm install -g yarn"),
+            Layer::new(&[
+                ("data/big.bin", bytes(DELETED, 16)),
+                ("etc/app.conf", bytes(OVERWRITTEN, 17)),
+                ("srv/model.bin", model.clone()),
+            ])
+            .made_by("COPY data /"),
+            Layer::new(&[
+                ("data/.wh.big.bin", Vec::new()),
+                ("etc/app.conf", bytes(60_000, 18)),
+                ("srv/copy.bin", model),
+            ])
+            .made_by("/bin/sh -c rm /data/big.bin && cp /srv/model.bin /srv/copy.bin && configure"),
+        ],
+    );
+    let clean = Image::new(
+        &["ml/clean:v1"],
+        vec![
+            busybox,
+            Layer::new(&[("app/main", bytes(30_000, 30))]).made_by("COPY main /app/main"),
+        ],
+    );
+    let mut all = vec![base, wasteful, clean];
+    all.extend(children);
+    all
+}
+
+fn audit(engine: &PrivateEngine, state: &str, args: &[&str]) -> (Option<i32>, Value, String) {
+    let mut full = vec!["--state-dir", state, "audit", "--format", "json"];
+    full.extend_from_slice(args);
+    let out = engine.dockgc(&full);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\n{stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    (out.status.code(), json, stderr)
+}
+
+fn image<'a>(report: &'a Value, tag: &str) -> &'a Value {
+    report["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["tags"].as_array().unwrap().iter().any(|t| t == tag))
+        .unwrap_or_else(|| panic!("{tag} not audited"))
+}
+
+fn cause_bytes(image: &Value, cause: &str) -> u64 {
+    image["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["cause"] == cause)
+        .map(|f| f["bytes"].as_u64().unwrap())
+        .sum()
+}
+
+fn finding<'a>(image: &'a Value, cause: &str) -> &'a Value {
+    image["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["cause"] == cause)
+        .unwrap_or_else(|| panic!("no {cause} finding in {image}"))
+}
+
+#[test]
+fn audit_finds_every_cause_exactly_from_layers_and_exports_and_gates_ci() {
+    let engine = PrivateEngine::start(1024);
+    load(&engine, &fixtures());
+    let host_state = engine.scratch().join("state-host");
+    let host_state = host_state.to_str().unwrap();
+    let (code, host, stderr) = audit(&engine, host_state, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(host["source"], "host", "{stderr}");
+    assert_eq!(host["version"], 1);
+
+    let waste = image(&host, "ml/waste:v1");
+    for (cause, expected, fix, made_by) in [
+        (
+            "pip_cache",
+            PIP,
+            "pip install --no-cache-dir",
+            "pip install torch",
+        ),
+        (
+            "apt_lists",
+            APT_LISTS,
+            "rm -rf /var/lib/apt/lists/*",
+            "apt-get update",
+        ),
+        ("apt_archives", APT_DEBS, "apt-get clean", "apt-get update"),
+        ("npm_cache", NPM, "npm cache clean --force", "npm install"),
+        (
+            "deleted",
+            DELETED,
+            "in the same RUN that creates them",
+            "COPY data /",
+        ),
+        (
+            "overwritten",
+            OVERWRITTEN,
+            "write the final version once",
+            "COPY data /",
+        ),
+        (
+            "duplicate",
+            DUPLICATE,
+            "copy or create these files once",
+            "cp /srv/model.bin",
+        ),
+    ] {
+        assert_eq!(
+            cause_bytes(waste, cause),
+            expected as u64,
+            "{cause}: {waste}"
+        );
+        let f = finding(waste, cause);
+        assert!(f["fix"].as_str().unwrap().contains(fix), "{cause}: {f}");
+        assert!(
+            f["created_by"].as_str().unwrap().contains(made_by),
+            "{cause}: {f}"
+        );
+    }
+    let deleted = finding(waste, "deleted");
+    assert_eq!(
+        (deleted["layer"].as_u64(), deleted["by_layer"].as_u64()),
+        (Some(5), Some(6))
+    );
+    assert_eq!(deleted["paths"][0], "data/big.bin");
+    let total = PIP + APT_LISTS + APT_DEBS + NPM + DELETED + OVERWRITTEN + DUPLICATE;
+    assert_eq!(waste["wasted_bytes"].as_u64().unwrap(), total as u64);
+    let clean = image(&host, "ml/clean:v1");
+    assert_eq!(clean["wasted_bytes"], 0);
+    assert_eq!(clean["efficiency"], 100.0);
+
+    // The conda cache of the shared base layer: in each of the 4 images that carry it, and
+    // once host-wide, showing the 4.
+    let conda = (CONDA_TARBALL + CONDA_EXTRACTED) as u64;
+    for tag in [
+        "ml/conda-base:v1",
+        "ml/app-1:v1",
+        "ml/app-2:v1",
+        "ml/app-3:v1",
+    ] {
+        let f = finding(image(&host, tag), "conda_cache");
+        assert_eq!(f["bytes"].as_u64().unwrap(), conda, "{tag}");
+        assert!(f["fix"]
+            .as_str()
+            .unwrap()
+            .contains("conda clean --all -f -y"));
+    }
+    let shared: Vec<&Value> = host["host"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["cause"] == "conda_cache")
+        .collect();
+    assert_eq!(shared.len(), 1, "{shared:?}");
+    assert_eq!(shared[0]["bytes"].as_u64().unwrap(), conda);
+    assert_eq!(shared[0]["images"], 4);
+    // Ranked by bytes a fix saves: the conda cache (4 MB) first, then the deleted file (2 MB).
+    assert_eq!(host["host"][0]["cause"], "conda_cache");
+    assert_eq!(host["host"][1]["cause"], "deleted");
+
+    // Through the export API, from scratch: the same findings.
+    let export_state = engine.scratch().join("state-export");
+    let (code, export, stderr) = audit(
+        &engine,
+        export_state.to_str().unwrap(),
+        &["--source", "export"],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(export["source"], "export");
+    assert_eq!(export["images"], host["images"]);
+    assert_eq!(export["host"], host["host"]);
+
+    // A second audit reads nothing but the cache.
+    let (_, again, _) = audit(&engine, host_state, &[]);
+    assert_eq!(again["source"], "cache");
+    assert_eq!(again["layers_read"], 0);
+    assert_eq!(again["images"], host["images"]);
+
+    // CI gating.
+    let (code, _, stderr) = audit(&engine, host_state, &["--max-waste", "1MB", "ml/waste:v1"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("ml/waste:v1") && stderr.contains("more than --max-waste 1MB"),
+        "{stderr}"
+    );
+    let (code, report, stderr) = audit(&engine, host_state, &["--max-waste", "1MB", "ml/clean:v1"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(report["images"].as_array().unwrap().len(), 1);
+    let (code, _, _) = audit(
+        &engine,
+        host_state,
+        &["--min-efficiency", "90%", "ml/waste:v1"],
+    );
+    assert_eq!(code, Some(1));
+    let (code, _, _) = audit(
+        &engine,
+        host_state,
+        &["--min-efficiency", "90%", "ml/clean:v1"],
+    );
+    assert_eq!(code, Some(0));
+
+    // The table names causes, commands and fixes.
+    let out = engine.dockgc_with(
+        &["audit", "ml/waste:v1"],
+        &[("DOCKGC_STATE_DIR", host_state)],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("deleted in a later layer") && text.contains("fix:"),
+        "{text}"
+    );
+}
