@@ -376,3 +376,117 @@ fn bad_observability_config_names_key_line_and_allowed() {
         "{err}"
     );
 }
+
+/// A docker-save archive (legacy layout) of one image whose second layer deletes a file the
+/// first wrote.
+fn wasteful_archive(dir: &Path) -> PathBuf {
+    fn tar(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = ::tar::Builder::new(Vec::new());
+        for (path, data) in entries {
+            let mut h = ::tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, path, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+    use sha2::Digest;
+    let hex = |b: &[u8]| -> String {
+        sha2::Sha256::digest(b)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect()
+    };
+    let l1 = tar(&[
+        ("data/big.bin", &[7u8; 5000]),
+        ("root/.cache/pip/x.whl", &[8u8; 3000]),
+    ]);
+    let l2 = tar(&[("data/.wh.big.bin", b"")]);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", hex(&l1)), format!("sha256:{}", hex(&l2))]},
+        "history": [{"created_by": "COPY data /data"}, {"created_by": "/bin/sh -c rm /data/big.bin"}],
+    }))
+    .unwrap();
+    let config_name = format!("{}.json", hex(&config));
+    let manifest = serde_json::to_vec(&serde_json::json!([
+        {"Config": config_name, "RepoTags": ["ci/app:1"], "Layers": ["a/layer.tar", "b/layer.tar"]}
+    ]))
+    .unwrap();
+    let archive = tar(&[
+        (&config_name as &str, &config),
+        ("a/layer.tar", &l1),
+        ("b/layer.tar", &l2),
+        ("manifest.json", &manifest),
+    ]);
+    let path = dir.join("app.tar");
+    std::fs::write(&path, archive).unwrap();
+    path
+}
+
+#[test]
+fn audit_an_archive_file_and_gate_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = wasteful_archive(dir.path());
+    let archive = archive.to_str().unwrap();
+    let out = dockgc(&["audit", "--archive", archive, "--format", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["source"], "archive");
+    let image = &report["images"][0];
+    assert_eq!(image["tags"][0], "ci/app:1");
+    assert_eq!(image["bytes"], 8000);
+    assert_eq!(image["wasted_bytes"], 8000);
+    assert_eq!(image["efficiency"], 0.0);
+    let causes: Vec<&str> = image["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["cause"].as_str().unwrap())
+        .collect();
+    assert_eq!(causes, ["deleted", "pip_cache"]);
+
+    // Gating, and the archive from standard input.
+    let out = dockgc(&["audit", "--archive", archive, "--max-waste", "7kB"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("ci/app:1: 8kB wasted, more than --max-waste 7kB"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("rm /data/big.bin") || text.contains("COPY data /data"),
+        "{text}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_dockgc"))
+        .args(["audit", "--archive", "-", "--max-waste", "9kB"])
+        .stdin(std::fs::File::open(archive).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Broken archives: a clear error, exit 2.
+    let whole = std::fs::read(archive).unwrap();
+    let cut = dir.path().join("cut.tar");
+    std::fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
+    let out = dockgc(&["audit", "--archive", cut.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cut.tar") && (err.contains("unreadable") || err.contains("missing")),
+        "{err}"
+    );
+    let out = dockgc(&["audit", "--archive", archive, "--max-waste", "lots"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-waste `lots`"));
+}
