@@ -575,4 +575,34 @@ mod tests {
         let err = Store::open(dir.path()).unwrap_err().to_string();
         assert!(err.contains("schema version 99"), "{err}");
     }
+
+    /// A database written by schema version 1 (checked in as written): it opens, keeps its
+    /// history and cycles, and gains the audit tables.
+    #[test]
+    fn a_version_1_database_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/state-v1.db"),
+            dir.path().join(DB_FILE),
+        )
+        .unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let version: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(
+            store.history().unwrap().use_of("sha256:aaaa", 0).last_used,
+            1_764_800_000
+        );
+        assert_eq!(store.cycles(10).unwrap().len(), 1);
+        let index = dockgc_content::LayerIndex {
+            version: dockgc_content::layer::SCAN_VERSION,
+            files: Vec::new(),
+            bytes: 7,
+        };
+        store.save_layer_scan("sha256:l", &index).unwrap();
+        assert_eq!(store.layer_scan("sha256:l").unwrap(), Some(index));
+    }
 }

@@ -68,6 +68,7 @@ impl Layer {
     }
 
     /// A layer with one file of `size` pseudo-random bytes.
+    #[allow(dead_code)] // Not every user of this file needs it.
     pub fn random(path: &str, size: usize, seed: u64) -> Self {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut data = vec![0u8; size];
