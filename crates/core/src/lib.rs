@@ -10,7 +10,9 @@ pub mod history;
 pub mod model;
 pub mod plan;
 pub mod policy;
+pub mod simulate;
 pub mod synthetic;
+pub mod trace;
 pub mod usage;
 
 pub use explain::{explain, Explanation, Verdict};

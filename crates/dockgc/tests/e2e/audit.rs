@@ -262,6 +262,24 @@ fn audit_finds_every_cause_exactly_from_layers_and_exports_and_gates_ci() {
     assert_eq!(export["images"], host["images"]);
     assert_eq!(export["host"], host["host"]);
 
+    // Above the high watermark an export waits: the engine needs temporary space for it.
+    let full = engine.scratch().join("full.toml");
+    std::fs::write(&full, "[disk]\nhigh = \"1%\"\nlow = \"0.5%\"\n").unwrap();
+    let deferred_state = engine.scratch().join("state-deferred");
+    let (code, deferred, stderr) = audit(
+        &engine,
+        deferred_state.to_str().unwrap(),
+        &["-c", full.to_str().unwrap(), "--source", "export"],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(deferred["images"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        deferred["deferred"].as_array().unwrap().len(),
+        host["images"].as_array().unwrap().len(),
+        "{deferred}"
+    );
+    assert_eq!(deferred["layers_read"], 0);
+
     // A second audit reads nothing but the cache.
     let (_, again, _) = audit(&engine, host_state, &[]);
     assert_eq!(again["source"], "cache");
