@@ -233,11 +233,11 @@ impl Default for TraceParams {
             builds_per_day: 40,
             uses_per_day: 400,
             skew: 1.1,
-            base_bytes: (250_000_000, 400_000_000),
-            app_bytes: (10_000_000, 80_000_000),
+            base_bytes: (120_000_000, 220_000_000),
+            app_bytes: (5_000_000, 40_000_000),
             base_every_days: 3,
             leftover_containers: 0.05,
-            leftover_volumes: 0.02,
+            leftover_volumes: 0.01,
             capacity_bytes: 2_500_000_000,
             other_bytes: 150_000_000,
         }
@@ -304,11 +304,11 @@ pub fn generate(params: &TraceParams) -> Trace {
         vec![
             TraceLayer {
                 id: format!("os-{base}"),
-                bytes: 80_000_000,
+                bytes: 60_000_000,
             },
             TraceLayer {
                 id: format!("conda-{base}-v{version}"),
-                bytes: total.saturating_sub(80_000_000),
+                bytes: total.saturating_sub(60_000_000),
             },
         ]
     };
@@ -402,14 +402,14 @@ pub fn generate(params: &TraceParams) -> Trace {
                     t,
                     id: format!("c-{t}-{repo}"),
                     image: image.clone(),
-                    bytes: rng.range((1_000_000, 30_000_000)),
+                    bytes: rng.range((1_000_000, 10_000_000)),
                 });
             }
             if rng.unit() < params.leftover_volumes {
                 events.push(Event::Volume {
                     t,
                     id: format!("v-{t}-{repo}"),
-                    bytes: rng.range((1_000_000, 50_000_000)),
+                    bytes: rng.range((1_000_000, 10_000_000)),
                 });
             }
         }

@@ -197,6 +197,72 @@ pub enum Command {
     ///   docker save myapp:ci | dockgc audit --archive - --min-efficiency 90%
     #[command(verbatim_doc_comment)]
     Audit(AuditArgs),
+    /// Replay a trace of a host's activity through the planner, in memory, in seconds.
+    ///
+    /// Try watermarks and keep rules on a recorded (`dockgc record`) or generated (`dockgc
+    /// trace generate`) history before deploying them: the report gives jobs that found their
+    /// image gone (misses) and the bytes loaded again for them, arrivals that found the disk
+    /// full, peak and mean usage, deletions. --compare replays the peers at the same budget
+    /// (your disk.low): docuum, a nightly `docker system prune -af`, a nightly dangling-image
+    /// prune, an ideal LRU and the offline reference that knows the future.
+    Simulate {
+        /// The trace (JSON lines, docs/trace-format.md).
+        #[arg(long, value_name = "FILE")]
+        trace: PathBuf,
+        /// Also replay the peers and the references at the same budget.
+        #[arg(long)]
+        compare: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Traces for `dockgc simulate`.
+    #[command(subcommand)]
+    Trace(TraceCommand),
+    /// Record the host's activity (image arrivals, container starts) as a trace for
+    /// `dockgc simulate`, until interrupted or --duration.
+    Record {
+        /// Write the trace to FILE (default: standard output).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Stop after this long (e.g. 24h, 7d).
+        #[arg(long, value_name = "DURATION")]
+        duration: Option<String>,
+    },
+}
+
+/// `dockgc trace …`.
+#[derive(Debug, Subcommand)]
+pub enum TraceCommand {
+    /// Write a synthetic trace of a CI/ML host: builds that replace tags, Zipf-skewed job
+    /// popularity, new base versions, leftover containers and volumes. The defaults are the
+    /// benchmarks' default trace.
+    Generate {
+        /// Simulated days.
+        #[arg(long, default_value_t = 10)]
+        days: u32,
+        /// Seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Application repositories.
+        #[arg(long, default_value_t = 60)]
+        repositories: u32,
+        /// Builds per day.
+        #[arg(long, default_value_t = 40)]
+        builds_per_day: u32,
+        /// Jobs per day.
+        #[arg(long, default_value_t = 400)]
+        uses_per_day: u32,
+        /// Zipf exponent of job popularity (0: uniform).
+        #[arg(long, default_value_t = 1.1)]
+        skew: f64,
+        /// Disk capacity (e.g. 2.5GB).
+        #[arg(long, default_value = "2.5GB", value_name = "SIZE")]
+        capacity: String,
+        /// Write to FILE instead of standard output.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }
 
 /// `dockgc audit`.

@@ -13,6 +13,7 @@ mod inspect;
 mod metrics;
 mod notify;
 mod output;
+mod record;
 mod schedule;
 mod store;
 
@@ -212,6 +213,87 @@ async fn run(cli: Cli) -> Result<Exit> {
             notify_test(&cli, receiver.as_deref()).await
         }
         Command::Audit(args) => audit(&cli, args).await,
+        Command::Simulate {
+            trace,
+            compare,
+            format,
+        } => simulate(&cli, trace, *compare, *format),
+        Command::Trace(cli::TraceCommand::Generate {
+            days,
+            seed,
+            repositories,
+            builds_per_day,
+            uses_per_day,
+            skew,
+            capacity,
+            output,
+        }) => {
+            let capacity_bytes = config::parse_size(capacity).with_context(|| {
+                format!("--capacity `{capacity}`: expected a size such as 2.5GB")
+            })?;
+            let trace = dockgc_core::trace::generate(&dockgc_core::trace::TraceParams {
+                seed: *seed,
+                days: *days,
+                repositories: *repositories,
+                builds_per_day: *builds_per_day,
+                uses_per_day: *uses_per_day,
+                skew: *skew,
+                capacity_bytes,
+                ..dockgc_core::trace::TraceParams::default()
+            });
+            let text = trace.to_json_lines();
+            match output {
+                Some(path) => write_atomically(path, text.as_bytes())?,
+                None => print!("{text}"),
+            }
+            Ok(Exit::Done)
+        }
+        Command::Record { output, duration } => {
+            let duration = duration
+                .as_deref()
+                .map(|d| {
+                    config::parse_duration(d).with_context(|| {
+                        format!("--duration `{d}`: expected a duration such as 24h or 7d")
+                    })
+                })
+                .transpose()?;
+            let engine = connect(&cli).await?;
+            let stop = tokio_util::sync::CancellationToken::new();
+            let on_signal = stop.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                on_signal.cancel();
+            });
+            #[cfg(unix)]
+            {
+                let on_term = stop.clone();
+                if let Ok(mut term) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                {
+                    tokio::spawn(async move {
+                        term.recv().await;
+                        on_term.cancel();
+                    });
+                }
+            }
+            let recorded = match output {
+                Some(path) => {
+                    let mut file = std::io::BufWriter::new(
+                        std::fs::File::create(path)
+                            .with_context(|| format!("cannot create {}", path.display()))?,
+                    );
+                    record::record(&engine, &mut file, duration, stop).await?
+                }
+                None => {
+                    record::record(&engine, &mut std::io::stdout().lock(), duration, stop).await?
+                }
+            };
+            eprintln!(
+                "dockgc: recorded {} image arrivals and {} container starts",
+                recorded.builds, recorded.uses
+            );
+            Ok(Exit::Done)
+        }
     }
 }
 
@@ -841,4 +923,90 @@ async fn audit(cli: &Cli, args: &cli::AuditArgs) -> Result<Exit> {
         eprintln!("dockgc: {v}");
     }
     Ok(Exit::TargetNotReached)
+}
+
+/// `dockgc simulate`.
+fn simulate(cli: &Cli, path: &Path, compare: bool, format: Format) -> Result<Exit> {
+    use dockgc_core::simulate::{simulate, Contender};
+    let policy = config::load(cli.config.as_deref())?.0.policy;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the trace {}", path.display()))?;
+    let trace =
+        dockgc_core::trace::Trace::parse(&text).with_context(|| format!("{}", path.display()))?;
+    let capacity = trace.header.capacity_bytes;
+    let fs = dockgc_core::model::Filesystem {
+        total_bytes: capacity,
+        used_bytes: 0,
+        available_bytes: capacity,
+        total_inodes: 1,
+        free_inodes: 1,
+    };
+    let budget = policy.disk.low.used_bytes_on(&fs);
+    let mut contenders = vec![Contender::Dockgc(Box::new(policy))];
+    if compare {
+        contenders.extend([
+            Contender::Docuum {
+                threshold_bytes: budget.saturating_sub(trace.header.other_bytes),
+            },
+            Contender::NightlyPruneAll,
+            Contender::NightlyDangling,
+            Contender::Lru {
+                budget_bytes: budget,
+            },
+            Contender::Offline {
+                budget_bytes: budget,
+            },
+        ]);
+    }
+    let outcomes: Vec<_> = contenders
+        .iter()
+        .map(|c| {
+            let mut o = simulate(&trace, c);
+            if format == Format::Table {
+                o.usage.clear();
+            }
+            o
+        })
+        .collect();
+    match format {
+        Format::Json => println!(
+            "{}",
+            to_json(
+                &serde_json::json!({"version": 1, "trace": path.display().to_string(), "capacity_bytes": capacity, "budget_bytes": budget, "outcomes": outcomes})
+            )?
+        ),
+        Format::Table => {
+            println!(
+                "Trace {}: {:.1} days, {} events, disk {}; budget (disk.low) {}",
+                path.display(),
+                trace.duration() as f64 / 86_400.0,
+                trace.events.len(),
+                format_bytes(capacity),
+                format_bytes(budget)
+            );
+            let mut t = output::table(&[
+                "POLICY",
+                "MISSES",
+                "RE-LOADED",
+                "DISK FULL",
+                "PEAK",
+                "MEAN",
+                "IMAGES DELETED",
+            ]);
+            for o in &outcomes {
+                t.add_row(vec![
+                    o.policy.clone(),
+                    o.misses.to_string(),
+                    format_bytes(o.bytes_reloaded),
+                    o.disk_full.to_string(),
+                    format_bytes(o.peak_bytes),
+                    format_bytes(o.mean_bytes),
+                    o.images_deleted.to_string(),
+                ]);
+            }
+            output::right(&mut t, &[1, 2, 3, 4, 5, 6]);
+            println!("{}", output::trimmed(&t));
+        }
+    }
+    Ok(Exit::Done)
 }

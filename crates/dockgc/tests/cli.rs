@@ -490,3 +490,73 @@ fn audit_an_archive_file_and_gate_on_it() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--max-waste `lots`"));
 }
+
+#[test]
+fn generate_a_trace_and_simulate_it_against_the_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.jsonl");
+    let out = dockgc(&[
+        "trace",
+        "generate",
+        "--days",
+        "3",
+        "-o",
+        trace.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = config(
+        dir.path(),
+        "[keep]\nmin_age = \"0\"\nrecent = \"0\"\nper_repository = 0\n[disk]\nhigh = \"70%\"\nlow = \"60%\"\n",
+    );
+    let out = dockgc(&[
+        "-c",
+        &c,
+        "simulate",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--compare",
+        "--format",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let outcomes = report["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 6);
+    let by = |prefix: &str| {
+        outcomes
+            .iter()
+            .find(|o| o["policy"].as_str().unwrap().starts_with(prefix))
+            .unwrap()
+    };
+    assert_eq!(by("dockgc")["disk_full"], 0);
+    let budget = report["budget_bytes"].as_u64().unwrap();
+    for reference in ["ideal LRU", "offline"] {
+        assert!(by(reference)["peak_bytes"].as_u64().unwrap() <= budget);
+    }
+    assert!(
+        by("offline")["bytes_reloaded"].as_u64().unwrap()
+            <= by("ideal LRU")["bytes_reloaded"].as_u64().unwrap()
+    );
+    assert!(!by("dockgc")["usage"].as_array().unwrap().is_empty());
+
+    // A broken trace names the line.
+    let bad = dir.path().join("bad.jsonl");
+    let mut text = std::fs::read_to_string(&trace).unwrap();
+    text.push_str("{\"event\":\"use\",\"t\":1}\n");
+    std::fs::write(&bad, text).unwrap();
+    let out = dockgc(&["simulate", "--trace", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line "),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -320,3 +320,88 @@ fn audit_finds_every_cause_exactly_from_layers_and_exports_and_gates_ci() {
         "{text}"
     );
 }
+
+#[test]
+fn record_writes_a_trace_that_simulate_replays() {
+    let engine = PrivateEngine::start(512);
+    load(&engine, &fixtures()[2..3]);
+    let trace = engine.scratch().join("host.trace");
+    let mut recorder = std::process::Command::new(env!("CARGO_BIN_EXE_dockgc"))
+        .args(["--host", &engine.url(), "record", "-o"])
+        .arg(&trace)
+        .env_remove("DOCKER_HOST")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the recorder wrote the images present at the start, then act.
+    crate::harness::wait_for(
+        "the recorder to start",
+        std::time::Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(&trace)
+                .ok()
+                .filter(|t| t.lines().count() >= 2)
+        },
+    );
+    load(&engine, &fixtures()[0..1]);
+    engine.docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "ml/clean:v1",
+        "/bin/busybox",
+        "true",
+    ]);
+    crate::harness::wait_for(
+        "the load and the job in the trace",
+        std::time::Duration::from_secs(20),
+        || {
+            let text = std::fs::read_to_string(&trace).ok()?;
+            (text.contains("ml/conda-base:v1") && text.contains("\"event\":\"use\"")).then_some(())
+        },
+    );
+    let killed = std::process::Command::new("kill")
+        .arg(recorder.id().to_string())
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = recorder.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["kind"], "header");
+    assert!(lines[0]["capacity_bytes"].as_u64().unwrap() > 400_000_000);
+    assert_eq!(lines[1]["event"], "build");
+    assert_eq!(lines[1]["t"], 0);
+    assert_eq!(lines[1]["tag"], "ml/clean:v1");
+    let use_ = lines.iter().find(|l| l["event"] == "use").unwrap();
+    assert_eq!(use_["tag"], "ml/clean:v1");
+    assert_eq!(use_["image"], lines[1]["image"]);
+    let base = lines
+        .iter()
+        .find(|l| l["tag"] == "ml/conda-base:v1")
+        .unwrap();
+    assert!(base["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["bytes"].as_u64().unwrap() > 0));
+    let out = engine.dockgc(&[
+        "simulate",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["outcomes"][0]["misses"], 0);
+}
