@@ -46,6 +46,41 @@ pub struct FileEntry {
     pub target: Option<String>,
 }
 
+impl FileEntry {
+    /// A regular file.
+    pub fn file(path: String, size: u64, hash: u128) -> Self {
+        Self {
+            path,
+            kind: EntryKind::File,
+            size,
+            hash,
+            target: None,
+        }
+    }
+
+    /// A whiteout or an opaque-directory marker.
+    pub fn marker(path: String, kind: EntryKind) -> Self {
+        Self {
+            path,
+            kind,
+            size: 0,
+            hash: 0,
+            target: None,
+        }
+    }
+
+    /// A hard link to `target`.
+    pub fn link(path: String, target: Option<String>) -> Self {
+        Self {
+            path,
+            kind: EntryKind::HardLink,
+            size: 0,
+            hash: 0,
+            target,
+        }
+    }
+}
+
 fn is_zero(v: &u64) -> bool {
     *v == 0
 }
@@ -192,13 +227,7 @@ pub fn scan_tar(reader: impl Read) -> Result<LayerIndex, ScanError> {
         let name = path.rsplit('/').next().unwrap_or("");
         if name == OPAQUE {
             let dir = path.rsplit_once('/').map_or("", |(d, _)| d).to_string();
-            index.files.push(FileEntry {
-                path: dir,
-                kind: EntryKind::Opaque,
-                size: 0,
-                hash: 0,
-                target: None,
-            });
+            index.files.push(FileEntry::marker(dir, EntryKind::Opaque));
             continue;
         }
         if let Some(deleted) = name.strip_prefix(WHITEOUT) {
@@ -206,26 +235,16 @@ pub fn scan_tar(reader: impl Read) -> Result<LayerIndex, ScanError> {
                 Some((dir, _)) => format!("{dir}/{deleted}"),
                 None => deleted.to_string(),
             };
-            index.files.push(FileEntry {
-                path: deleted,
-                kind: EntryKind::Whiteout,
-                size: 0,
-                hash: 0,
-                target: None,
-            });
+            index
+                .files
+                .push(FileEntry::marker(deleted, EntryKind::Whiteout));
             continue;
         }
         if kind.is_hard_link() {
             let target = entry
                 .link_name_bytes()
                 .map(|t| normalise(&String::from_utf8_lossy(&t)));
-            index.files.push(FileEntry {
-                path,
-                kind: EntryKind::HardLink,
-                size: 0,
-                hash: 0,
-                target,
-            });
+            index.files.push(FileEntry::link(path, target));
             continue;
         }
         if !(kind.is_file() || kind.is_contiguous() || kind == tar::EntryType::GNUSparse) {
@@ -243,13 +262,7 @@ pub fn scan_tar(reader: impl Read) -> Result<LayerIndex, ScanError> {
             });
         }
         index.bytes += size;
-        index.files.push(FileEntry {
-            path,
-            kind: EntryKind::File,
-            size,
-            hash,
-            target: None,
-        });
+        index.files.push(FileEntry::file(path, size, hash));
     }
     Ok(index)
 }
@@ -271,13 +284,9 @@ pub fn scan_dir(root: &Path) -> Result<LayerIndex, ScanError> {
     };
     while let Some((dir, rel)) = stack.pop() {
         if !rel.is_empty() && is_opaque(&dir) {
-            index.files.push(FileEntry {
-                path: rel.clone(),
-                kind: EntryKind::Opaque,
-                size: 0,
-                hash: 0,
-                target: None,
-            });
+            index
+                .files
+                .push(FileEntry::marker(rel.clone(), EntryKind::Opaque));
         }
         let mut children: Vec<_> = std::fs::read_dir(&dir)
             .map_err(|e| io(&rel, e))?
@@ -296,23 +305,13 @@ pub fn scan_dir(root: &Path) -> Result<LayerIndex, ScanError> {
             if ft.is_dir() {
                 stack.push((child.path(), path));
             } else if ft.is_char_device() && meta.rdev() == 0 {
-                index.files.push(FileEntry {
-                    path,
-                    kind: EntryKind::Whiteout,
-                    size: 0,
-                    hash: 0,
-                    target: None,
-                });
+                index
+                    .files
+                    .push(FileEntry::marker(path, EntryKind::Whiteout));
             } else if ft.is_file() {
                 if meta.nlink() > 1 {
                     if let Some(first) = inodes.get(&(meta.dev(), meta.ino())) {
-                        index.files.push(FileEntry {
-                            path,
-                            kind: EntryKind::HardLink,
-                            size: 0,
-                            hash: 0,
-                            target: Some(first.clone()),
-                        });
+                        index.files.push(FileEntry::link(path, Some(first.clone())));
                         continue;
                     }
                     inodes.insert((meta.dev(), meta.ino()), path.clone());
@@ -320,13 +319,7 @@ pub fn scan_dir(root: &Path) -> Result<LayerIndex, ScanError> {
                 let mut file = std::fs::File::open(child.path()).map_err(|e| io(&path, e))?;
                 let (size, hash) = hash_reader(&mut file, &path)?;
                 index.bytes += size;
-                index.files.push(FileEntry {
-                    path,
-                    kind: EntryKind::File,
-                    size,
-                    hash,
-                    target: None,
-                });
+                index.files.push(FileEntry::file(path, size, hash));
             }
         }
     }
