@@ -310,11 +310,10 @@ fn audit_finds_every_cause_exactly_from_layers_and_exports_and_gates_ci() {
     assert_eq!(code, Some(0));
 
     // The table names causes, commands and fixes.
-    let out = engine.dockgc_with(
-        &["audit", "ml/waste:v1"],
-        &[("DOCKGC_STATE_DIR", host_state)],
-    );
+    let out = engine.dockgc(&["--state-dir", host_state, "audit", "ml/waste:v1"]);
     let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}");
+    assert!(text.contains("from cache."), "{text}");
     assert!(
         text.contains("deleted in a later layer") && text.contains("fix:"),
         "{text}"
