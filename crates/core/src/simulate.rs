@@ -658,7 +658,7 @@ mod tests {
             repositories: 20,
             builds_per_day: 15,
             uses_per_day: 120,
-            capacity_bytes: 3_000_000_000,
+            capacity_bytes: 1_500_000_000,
             ..TraceParams::default()
         })
     }
