@@ -570,6 +570,8 @@ mod tests {
                 file("var/lib/apt/lists/lock", 0, 0),
                 file("var/cache/apt/archives/curl.deb", 50, 6),
                 file("root/.npm/_cacache/index", 70, 7),
+                file("usr/local/share/.cache/yarn/v6/npm-left-pad.tgz", 17, 13),
+                file("app/.yarn/berry/cache/react.zip", 19, 14),
                 file("data/big.bin", 5000, 8),
                 file("etc/app.conf", 30, 9),
                 file("srv/a/one", 11, 10),
@@ -587,7 +589,7 @@ mod tests {
         assert_eq!(bytes_of(&a, Cause::PipCache), 200);
         assert_eq!(bytes_of(&a, Cause::AptLists), 400);
         assert_eq!(bytes_of(&a, Cause::AptArchives), 50);
-        assert_eq!(bytes_of(&a, Cause::NpmCache), 70);
+        assert_eq!(bytes_of(&a, Cause::NpmCache), 70 + 17 + 19);
         assert_eq!(bytes_of(&a, Cause::Deleted), 5011);
         assert_eq!(bytes_of(&a, Cause::Overwritten), 30);
         assert_eq!(bytes_of(&a, Cause::Duplicate), 123);
@@ -597,7 +599,10 @@ mod tests {
             .find(|f| f.cause == Cause::Deleted)
             .unwrap();
         assert_eq!((deleted.layer, deleted.by_layer), (1, Some(2)));
-        assert_eq!(a.wasted_bytes, 1300 + 200 + 400 + 50 + 70 + 5011 + 30 + 123);
+        assert_eq!(
+            a.wasted_bytes,
+            1300 + 200 + 400 + 50 + 70 + 17 + 19 + 5011 + 30 + 123
+        );
         assert!(
             (a.efficiency - (a.bytes - a.wasted_bytes) as f64 * 100.0 / a.bytes as f64).abs()
                 < 1e-9
