@@ -220,9 +220,20 @@ impl Host {
         true
     }
 
+    /// The disk as statvfs would show it.
+    fn filesystem(&self) -> Filesystem {
+        let used = self.usage();
+        Filesystem {
+            total_bytes: self.capacity,
+            used_bytes: used,
+            available_bytes: self.capacity.saturating_sub(used),
+            total_inodes: 10_000_000,
+            free_inodes: 9_000_000,
+        }
+    }
+
     /// The host as the planner sees it.
     fn snapshot(&self, now: Timestamp) -> (Snapshot, History) {
-        let used = self.usage();
         let mut history = History::default();
         let images = self
             .images
@@ -291,13 +302,7 @@ impl Host {
         let snapshot = Snapshot {
             version: SNAPSHOT_VERSION,
             taken_at: now,
-            filesystem: Some(Filesystem {
-                total_bytes: self.capacity,
-                used_bytes: used,
-                available_bytes: self.capacity.saturating_sub(used),
-                total_inodes: 10_000_000,
-                free_inodes: 9_000_000,
-            }),
+            filesystem: Some(self.filesystem()),
             images,
             layers,
             containers,
@@ -325,11 +330,16 @@ pub fn simulate(trace: &Trace, contender: &Contender) -> Outcome {
         policy: contender.name(),
         ..Outcome::default()
     };
-    // Future uses per image, for the offline reference.
+    // Future uses per image, for the offline reference; each image's layers, for re-loads.
     let mut future: HashMap<&str, Vec<Timestamp>> = HashMap::new();
+    let mut built: HashMap<&str, &[TraceLayer]> = HashMap::new();
     for e in &trace.events {
-        if let Event::Use { t, image, .. } = e {
-            future.entry(image.as_str()).or_default().push(*t);
+        match e {
+            Event::Use { t, image, .. } => future.entry(image.as_str()).or_default().push(*t),
+            Event::Build { image, layers, .. } => {
+                built.entry(image.as_str()).or_insert(layers.as_slice());
+            }
+            _ => {}
         }
     }
     let mut pressure = false;
@@ -375,14 +385,14 @@ pub fn simulate(trace: &Trace, contender: &Contender) -> Outcome {
                 let mut arrived = false;
                 if !host.images.contains_key(image) {
                     out.misses += 1;
-                    let layers = trace_layers(trace, image);
-                    let need = host.missing_bytes(&layers);
+                    let layers = built.get(image.as_str()).copied().unwrap_or_default();
+                    let need = host.missing_bytes(layers);
                     make_room(&mut host, contender, &future, t, need, image, &mut out);
                     if host.usage() + need > host.capacity {
                         out.disk_full += 1;
                     } else {
                         out.bytes_reloaded += need;
-                        host.add_image(image, tag, &layers, start + t);
+                        host.add_image(image, tag, layers, start + t);
                         arrived = true;
                     }
                 }
@@ -457,19 +467,6 @@ fn advance(
     *last = t;
 }
 
-fn trace_layers(trace: &Trace, image: &str) -> Vec<TraceLayer> {
-    trace
-        .events
-        .iter()
-        .find_map(|e| match e {
-            Event::Build {
-                image: i, layers, ..
-            } if i == image => Some(layers.clone()),
-            _ => None,
-        })
-        .unwrap_or_default()
-}
-
 /// The offline reference evicts before an arrival; the others react after it.
 fn make_room(
     host: &mut Host,
@@ -535,14 +532,8 @@ fn react(
 ) {
     match contender {
         Contender::Dockgc(policy) => {
-            let fs_used = host.usage();
-            let fs = Filesystem {
-                total_bytes: host.capacity,
-                used_bytes: fs_used,
-                available_bytes: host.capacity.saturating_sub(fs_used),
-                total_inodes: 1,
-                free_inodes: 1,
-            };
+            let fs = host.filesystem();
+            let fs_used = fs.used_bytes;
             let over_high = fs_used > policy.disk.high.used_bytes_on(&fs);
             let over_low = fs_used > policy.disk.low.used_bytes_on(&fs);
             *pressure = (*pressure || over_high) && over_low;

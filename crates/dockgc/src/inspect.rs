@@ -17,7 +17,7 @@ use dockgc_content::{
     audit_image, host_view, read_archive, Archive, HostFinding, ImageAudit, ImageLayer, LayerIndex,
     LayerRef,
 };
-use dockgc_core::model::format_bytes;
+use dockgc_core::model::{format_bytes, short_id};
 use dockgc_docker::Engine;
 use serde::Serialize;
 
@@ -90,16 +90,20 @@ impl Known {
 
     fn absorb(&mut self, archive: Archive, store: Option<&Store>) {
         for image in archive.images {
-            if let Some(s) = store {
-                if let Err(e) = s.save_image_layers(&image.id, &image.layers) {
-                    tracing::warn!("cannot keep the layers of {}: {e:#}", image.id);
-                }
-            }
-            self.images.insert(image.id, image.layers);
+            self.keep_image(image.id, image.layers, store);
         }
         for (diff_id, index) in archive.layers {
             self.keep_layer(diff_id, index, store);
         }
+    }
+
+    fn keep_image(&mut self, id: String, layers: Vec<ImageLayer>, store: Option<&Store>) {
+        if let Some(s) = store {
+            if let Err(e) = s.save_image_layers(&id, &layers) {
+                tracing::warn!("cannot keep the layers of {id}: {e:#}");
+            }
+        }
+        self.images.insert(id, layers);
     }
 
     fn keep_layer(&mut self, diff_id: String, index: LayerIndex, store: Option<&Store>) {
@@ -290,12 +294,7 @@ pub async fn audit_engine(engine: &Engine, store: Option<&Store>, job: Job<'_>) 
                         })?;
                     known.keep_layer(layer.diff_id.clone(), index, store);
                 }
-                if let Some(s) = store {
-                    if let Err(e) = s.save_image_layers(&t.id, &layers) {
-                        tracing::warn!("cannot keep the layers of {}: {e:#}", t.id);
-                    }
-                }
-                known.images.insert(t.id.clone(), layers);
+                known.keep_image(t.id.clone(), layers, store);
                 progress.inc(1);
             }
         }
@@ -316,7 +315,7 @@ pub async fn audit_engine(engine: &Engine, store: Option<&Store>, job: Job<'_>) 
                 progress.set_message(name.clone());
                 let archive = export(engine, std::slice::from_ref(&t.id))
                     .await
-                    .with_context(|| format!("exporting {name} ({})", short(&t.id)))?;
+                    .with_context(|| format!("exporting {name} ({})", short_id(&t.id)))?;
                 known.absorb(archive, store);
                 progress.inc(1);
             }
@@ -328,21 +327,15 @@ pub async fn audit_engine(engine: &Engine, store: Option<&Store>, job: Job<'_>) 
         (Some(_), _) => "host",
         (None, _) => "export",
     };
-    let audited: Vec<(&Target, Vec<LayerRef<'_>>)> = targets
+    let audited: Vec<(&str, &[String], Vec<LayerRef<'_>>)> = targets
         .iter()
         .filter(|t| known.complete(&t.id))
-        .map(|t| (t, refs(&known.images[&t.id], &known.layers)))
+        .map(|t| {
+            let layers = refs(&known.images[&t.id], &known.layers);
+            (t.id.as_str(), t.tags.as_slice(), layers)
+        })
         .collect();
-    let images = audited
-        .iter()
-        .map(|(t, layers)| audit_image(&t.id, &t.tags, layers))
-        .collect();
-    let host = host_view(
-        &audited
-            .iter()
-            .map(|(t, layers)| (t.id.as_str(), t.tags.as_slice(), layers.clone()))
-            .collect::<Vec<_>>(),
-    );
+    let (images, host) = audit_all(&audited);
     Ok(Report {
         version: AUDIT_VERSION,
         source: source.into(),
@@ -352,6 +345,17 @@ pub async fn audit_engine(engine: &Engine, store: Option<&Store>, job: Job<'_>) 
         layers_read: known.layers_read,
         bytes_read: known.bytes_read,
     })
+}
+
+/// Each image's audit, and the host view of the same images.
+fn audit_all(
+    audited: &[(&str, &[String], Vec<LayerRef<'_>>)],
+) -> (Vec<ImageAudit>, Vec<HostFinding>) {
+    let images = audited
+        .iter()
+        .map(|(id, tags, layers)| audit_image(id, tags, layers))
+        .collect();
+    (images, host_view(audited))
 }
 
 fn refs<'a>(layers: &'a [ImageLayer], index: &'a HashMap<String, LayerIndex>) -> Vec<LayerRef<'a>> {
@@ -390,21 +394,18 @@ pub fn audit_archive(path: &PathBuf, only: &[String]) -> Result<Report> {
     if !only.is_empty() && chosen.is_empty() {
         bail!("none of {} is in {}", only.join(", "), path.display());
     }
-    let audited: Vec<(&dockgc_content::ArchiveImage, Vec<LayerRef<'_>>)> = chosen
+    let audited: Vec<(&str, &[String], Vec<LayerRef<'_>>)> = chosen
         .iter()
-        .map(|i| (*i, refs(&i.layers, &archive.layers)))
+        .map(|i| {
+            (
+                i.id.as_str(),
+                i.tags.as_slice(),
+                refs(&i.layers, &archive.layers),
+            )
+        })
         .collect();
-    let mut images: Vec<ImageAudit> = audited
-        .iter()
-        .map(|(i, layers)| audit_image(&i.id, &i.tags, layers))
-        .collect();
+    let (mut images, host) = audit_all(&audited);
     images.sort_by_key(|i| std::cmp::Reverse(i.bytes));
-    let host = host_view(
-        &audited
-            .iter()
-            .map(|(i, layers)| (i.id.as_str(), i.tags.as_slice(), layers.clone()))
-            .collect::<Vec<_>>(),
-    );
     Ok(Report {
         version: AUDIT_VERSION,
         source: "archive".into(),
@@ -414,10 +415,6 @@ pub fn audit_archive(path: &PathBuf, only: &[String]) -> Result<Report> {
         layers_read: archive.layers.len(),
         bytes_read: archive.layers.values().map(|l| l.bytes).sum(),
     })
-}
-
-fn short(id: &str) -> String {
-    id.trim_start_matches("sha256:").chars().take(12).collect()
 }
 
 fn progress_bar(len: u64) -> indicatif::ProgressBar {
@@ -535,7 +532,7 @@ pub fn report_text(report: &Report, top: usize) -> String {
         let mut t = crate::output::table(&["LAYER", "CAUSE", "WASTE", "IMAGES", "MADE BY"]);
         for h in report.host.iter().take(top) {
             t.add_row(vec![
-                short(&h.diff_id),
+                short_id(&h.diff_id).to_string(),
                 h.cause.describe().to_string(),
                 format_bytes(h.bytes),
                 h.images.to_string(),

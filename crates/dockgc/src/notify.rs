@@ -115,6 +115,17 @@ struct Delivery {
     body: Arc<[u8]>,
 }
 
+impl Delivery {
+    /// `notice` rendered in `format`, as notice `id` from `host`.
+    fn new(format: Format, notice: &Notice, id: &str, host: &str) -> Self {
+        Self {
+            id: id.to_string(),
+            event: notice.kind.as_str(),
+            body: render(format, notice, id, host).into(),
+        }
+    }
+}
+
 /// The URL with everything after the host hidden: paths and queries of webhook URLs are
 /// often the secret.
 pub fn redact_url(url: &str) -> String {
@@ -212,11 +223,7 @@ impl Notifier {
             if !hook.events.contains(&notice.kind) {
                 continue;
             }
-            let delivery = Delivery {
-                id: id.clone(),
-                event: notice.kind.as_str(),
-                body: render(hook.format, notice, &id, &self.host).into(),
-            };
+            let delivery = Delivery::new(hook.format, notice, &id, &self.host);
             if tx.try_send(delivery).is_err() {
                 self.metrics.observe_delivery(&hook.name, "dropped");
                 tracing::warn!(
@@ -357,12 +364,7 @@ pub async fn send_test(hooks: &[Webhook]) -> Vec<(String, Result<(), String>)> {
     };
     let mut results = Vec::new();
     for hook in hooks {
-        let id = new_id();
-        let delivery = Delivery {
-            id: id.clone(),
-            event: notice.kind.as_str(),
-            body: render(hook.format, &notice, &id, &host).into(),
-        };
+        let delivery = Delivery::new(hook.format, &notice, &new_id(), &host);
         let result = match client(hook) {
             Ok(c) => post(&c, hook, &delivery).await,
             Err(e) => Err(e),

@@ -113,14 +113,7 @@ fn audit(engine: &PrivateEngine, state: &str, args: &[&str]) -> (Option<i32>, Va
     let mut full = vec!["--state-dir", state, "audit", "--format", "json"];
     full.extend_from_slice(args);
     let out = engine.dockgc(&full);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\n{stderr}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
-    (out.status.code(), json, stderr)
+    (out.status.code(), crate::json(&out), crate::stderr(&out))
 }
 
 fn image<'a>(report: &'a Value, tag: &str) -> &'a Value {
@@ -396,11 +389,6 @@ fn record_writes_a_trace_that_simulate_replays() {
         "--format",
         "json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["outcomes"][0]["misses"], 0);
+    assert!(out.status.success(), "{}", crate::stderr(&out));
+    assert_eq!(crate::json(&out)["outcomes"][0]["misses"], 0);
 }
