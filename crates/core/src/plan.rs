@@ -13,7 +13,7 @@ use crate::model::{
     format_age, format_bytes, Container, Filesystem, Image, NetworkKind, Snapshot, Timestamp,
     VolumeKind,
 };
-use crate::policy::{repository_of, Policy, Removal, UnusedImages};
+use crate::policy::{repository_of, Policy, Removal, UnderPressure, UnusedImages};
 
 /// Version of the plan JSON format (see `docs/plan-format.md`).
 pub const PLAN_VERSION: u32 = 1;
@@ -445,6 +445,15 @@ struct Planner<'a> {
     containers_by_image: HashMap<&'a str, Vec<&'a Container>>,
 }
 
+/// The rule an eviction names when a soft keep yielded to the disk target.
+fn yielded_rule(kept: &SkipReason) -> String {
+    let keep = match kept {
+        SkipReason::KeptPerRepository { .. } => "keep.per_repository",
+        _ => "keep.recent",
+    };
+    format!("images.unused; {keep} yielded (keep.under_pressure = \"yield\")")
+}
+
 fn secs(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
@@ -818,7 +827,12 @@ impl<'a> Planner<'a> {
     fn plan_unused_images(&mut self, tally: &mut crate::graph::Tally<'_>) {
         let target = self.target();
         let kept = self.kept_tags();
+        // Soft keeps yield only toward a target, after every other candidate.
+        let yielding = target.is_some()
+            && self.policy.images.unused == UnusedImages::Lru
+            && self.policy.keep.under_pressure == UnderPressure::Yield;
         let mut candidates = Vec::new();
+        let mut held = Vec::new();
         for i in self.lru_order() {
             let image = &self.s.images[i];
             if image.is_dangling() {
@@ -826,8 +840,7 @@ impl<'a> Planner<'a> {
             }
             let name = image.display_name();
             let id = image.id.clone();
-            let guard = self.image_guard(i).or_else(|| self.recency_guard(i, &kept));
-            if let Some(reason) = guard {
+            if let Some(reason) = self.image_guard(i) {
                 self.skip(Kind::Image, &id, name, reason);
                 continue;
             }
@@ -836,11 +849,16 @@ impl<'a> Planner<'a> {
                 self.skip(Kind::Image, &id, name, SkipReason::PolicyKeeps { rule });
                 continue;
             }
-            candidates.push(i);
+            match self.recency_guard(i, &kept) {
+                Some(reason) if yielding => held.push((i, reason)),
+                Some(reason) => self.skip(Kind::Image, &id, name, reason),
+                None => candidates.push(i),
+            }
         }
         match (self.policy.images.unused, target) {
             (UnusedImages::Remove, _) => self.evict(
                 candidates,
+                Vec::new(),
                 tally,
                 None,
                 Reason::UnusedImage,
@@ -850,6 +868,7 @@ impl<'a> Planner<'a> {
                 let goal = (target.need_disk_bytes, target.need_inodes);
                 self.evict(
                     candidates,
+                    held,
                     tally,
                     Some(goal),
                     Reason::DiskPressure,
@@ -872,14 +891,24 @@ impl<'a> Planner<'a> {
 
     /// Least-recently-used eviction. An image that frees nothing now waits until the images
     /// sharing its layers are gone, so a base is never untagged while its children remain.
+    /// `held` images (kept by `keep.recent` or `keep.per_repository`, least recently used
+    /// first) come after every candidate; those not needed keep their reason.
     fn evict(
         &mut self,
-        candidates: Vec<usize>,
+        mut candidates: Vec<usize>,
+        held: Vec<(usize, SkipReason)>,
         tally: &mut crate::graph::Tally<'_>,
         goal: Option<(u64, u64)>,
         reason: Reason,
         rule: &str,
     ) {
+        let mut held: HashMap<usize, SkipReason> = held
+            .into_iter()
+            .map(|(i, why)| {
+                candidates.push(i);
+                (i, why)
+            })
+            .collect();
         let mut freed_disk: u64 = self.steps.iter().map(|s| s.disk_bytes).sum();
         let mut freed_inodes: u64 = 0;
         let reached = |disk: u64, inodes: u64| {
@@ -928,30 +957,29 @@ impl<'a> Planner<'a> {
                     }
                 }
             }
-            self.image_step(next, freed, reason, rule);
+            match held.remove(&next) {
+                Some(kept) => {
+                    self.image_step(next, freed, reason, &yielded_rule(&kept));
+                }
+                None => self.image_step(next, freed, reason, rule),
+            }
             freed_disk += self.steps.last().map_or(0, |s| s.disk_bytes);
             freed_inodes += freed.inodes;
         }
         let mut waiting: Vec<usize> = waiting.into_iter().collect();
         waiting.sort_by_key(|i| rank[i]);
         for i in waiting {
-            let (shared_with, count) = self.sharers(i);
+            let why = held.remove(&i).unwrap_or_else(|| {
+                let (shared_with, count) = self.sharers(i);
+                SkipReason::FreesNothing { shared_with, count }
+            });
             let image = &self.s.images[i];
-            self.skip(
-                Kind::Image,
-                &image.id.clone(),
-                image.display_name(),
-                SkipReason::FreesNothing { shared_with, count },
-            );
+            self.skip(Kind::Image, &image.id.clone(), image.display_name(), why);
         }
         for i in left {
+            let why = held.remove(&i).unwrap_or(SkipReason::TargetReached);
             let image = &self.s.images[i];
-            self.skip(
-                Kind::Image,
-                &image.id.clone(),
-                image.display_name(),
-                SkipReason::TargetReached,
-            );
+            self.skip(Kind::Image, &image.id.clone(), image.display_name(), why);
         }
     }
 

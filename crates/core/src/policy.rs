@@ -178,6 +178,19 @@ pub enum UnusedImages {
     Keep,
 }
 
+/// What `keep.recent` and `keep.per_repository` do when the disk target cannot be reached
+/// without the images they keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnderPressure {
+    /// They yield, least recently used first, after every other candidate: a full disk fails
+    /// every job, a re-pull fails none. `keep.images`, `keep.labels`, `keep.min_age` and
+    /// images in use never yield.
+    Yield,
+    /// They hold even if the disk fills.
+    Hold,
+}
+
 /// What to do with a class of objects that dockgc may remove or must keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -235,6 +248,8 @@ pub struct KeepPolicy {
     pub min_age: Duration,
     /// Keep the N most recently used tags of each repository.
     pub per_repository: u32,
+    /// Whether `recent` and `per_repository` yield to the disk target.
+    pub under_pressure: UnderPressure,
 }
 
 /// Stopped-container rule.
@@ -320,6 +335,7 @@ impl Default for Policy {
                 recent: Duration::from_secs(DAY),
                 min_age: Duration::from_secs(HOUR),
                 per_repository: 1,
+                under_pressure: UnderPressure::Yield,
             },
             containers: ContainerPolicy {
                 stopped: Removal::Remove,

@@ -111,6 +111,20 @@ proptest! {
     }
 
     #[test]
+    fn soft_keeps_yield_only_after_every_other_eviction((snapshot, policy, request) in arb_case()) {
+        let history = History::backfill(&snapshot);
+        let plan = plan(&snapshot, &history, &policy, &request);
+        let yielded = |s: &&dockgc_core::plan::Step| s.rule.contains("yielded");
+        if let Some(first) = plan.steps.iter().position(|s| yielded(&s)) {
+            prop_assert!(plan.target.is_some(), "a keep yielded without a target");
+            prop_assert!(plan.steps[first..].iter().all(|s| yielded(&s) || s.reason == Reason::DiskPressure));
+            // Without the yielded images the target was out of reach.
+            let others: u64 = plan.steps[..first].iter().map(|s| s.disk_bytes).sum();
+            prop_assert!(others < plan.target.as_ref().unwrap().need_disk_bytes);
+        }
+    }
+
+    #[test]
     fn every_eviction_frees_something_and_bytes_add_up((snapshot, policy, request) in arb_case()) {
         let history = History::backfill(&snapshot);
         let plan = plan(&snapshot, &history, &policy, &request);

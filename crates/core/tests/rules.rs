@@ -9,6 +9,7 @@ use dockgc_core::model::{
     VolumeKind,
 };
 use dockgc_core::plan::{Goal, Kind, SkipReason};
+use dockgc_core::policy::{UnderPressure, Watermark};
 use dockgc_core::{plan, History, Plan, Policy, Request};
 
 const NOW: i64 = 1_800_000_000;
@@ -131,6 +132,7 @@ fn per_repository_keeps_the_newest_tags() {
     let s = world();
     let mut policy = policy();
     policy.keep.per_repository = 1;
+    policy.keep.under_pressure = UnderPressure::Hold;
     policy.disk.low = dockgc_core::policy::Watermark::UsedPercent(1.0);
     let p = run(&s, &policy);
     assert!(matches!(
@@ -256,4 +258,69 @@ fn dangling_images_with_descendants_stay() {
         matches!(why(&p, "i-base"), SkipReason::HasDescendants { count: 3 }),
         "{p:#?}"
     );
+}
+
+/// Every tag is the newest of its repository, so `keep.per_repository = 1` keeps them all.
+fn per_repository_world(under_pressure: UnderPressure, low: f64) -> Plan {
+    let mut policy = policy();
+    policy.keep.per_repository = 1;
+    policy.keep.under_pressure = under_pressure;
+    policy.disk.low = Watermark::UsedPercent(low);
+    run(&world(), &policy)
+}
+
+#[test]
+fn soft_keeps_yield_only_as_far_as_the_target_needs() {
+    // 900 used, low 60%: free 300. The dangling image and env:1 (not the newest env tag)
+    // free 200; then the kept tags yield, least recently used first, until the target is
+    // met; the rest keep their reason.
+    let p = per_repository_world(UnderPressure::Yield, 60.0);
+    assert_eq!(deleted(&p), vec!["i-d", "i-a1", "i-a2"]);
+    assert_eq!(p.steps[1].rule, "images.unused");
+    assert!(
+        p.steps[2].rule.contains("keep.per_repository yielded"),
+        "{p:#?}"
+    );
+    assert!(matches!(
+        why(&p, "i-c"),
+        SkipReason::KeptPerRepository { .. }
+    ));
+    assert!(matches!(
+        why(&p, "i-base"),
+        SkipReason::KeptPerRepository { .. }
+    ));
+}
+
+#[test]
+fn yielding_keeps_still_untag_a_base_last() {
+    let p = per_repository_world(UnderPressure::Yield, 1.0);
+    assert_eq!(deleted(&p), vec!["i-d", "i-a1", "i-a2", "i-c", "i-base"]);
+}
+
+#[test]
+fn held_keeps_do_not_yield() {
+    let p = per_repository_world(UnderPressure::Hold, 60.0);
+    assert_eq!(deleted(&p), vec!["i-d", "i-a1"]);
+    assert!(matches!(
+        why(&p, "i-a2"),
+        SkipReason::KeptPerRepository { .. }
+    ));
+}
+
+#[test]
+fn soft_keeps_yield_after_unprotected_images() {
+    // With keep.recent = 7 days only env:1 (10 days) is not recent.
+    let s = world();
+    let mut policy = policy();
+    policy.keep.recent = Duration::from_secs(7 * DAY as u64);
+    policy.disk.low = Watermark::UsedPercent(70.0);
+    let p = run(&s, &policy);
+    // Free 200: i-d (100), env:1 (10 days, not recent: 100) — the recent ones stay.
+    assert_eq!(deleted(&p), vec!["i-d", "i-a1"]);
+    assert!(matches!(why(&p, "i-a2"), SkipReason::RecentlyUsed { .. }));
+    // Free 300: the least recently used recent image yields next.
+    policy.disk.low = Watermark::UsedPercent(60.0);
+    let p = run(&s, &policy);
+    assert_eq!(deleted(&p), vec!["i-d", "i-a1", "i-a2"]);
+    assert!(p.steps[2].rule.contains("keep.recent yielded"), "{p:#?}");
 }

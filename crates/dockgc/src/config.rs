@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dockgc_core::policy::{LabelPattern, RefPattern, Removal, UnusedImages, Watermark};
+use dockgc_core::policy::{
+    LabelPattern, RefPattern, Removal, UnderPressure, UnusedImages, Watermark,
+};
 use dockgc_core::Policy;
 use serde::Deserialize;
 use toml::Spanned;
@@ -205,6 +207,7 @@ struct RawKeep {
     recent: Field<String>,
     min_age: Field<String>,
     per_repository: Field<i64>,
+    under_pressure: Field<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -704,6 +707,17 @@ impl Checker<'_> {
                 recent: self.duration(raw.keep.recent, "keep.recent", d.keep.recent)?,
                 min_age: self.duration(raw.keep.min_age, "keep.min_age", d.keep.min_age)?,
                 per_repository,
+                under_pressure: self.value(
+                    raw.keep.under_pressure,
+                    "keep.under_pressure",
+                    d.keep.under_pressure,
+                    "\"yield\" or \"hold\"",
+                    |s| match s {
+                        "yield" => Some(UnderPressure::Yield),
+                        "hold" => Some(UnderPressure::Hold),
+                        _ => None,
+                    },
+                )?,
             },
             containers: dockgc_core::policy::ContainerPolicy {
                 stopped: self.removal(
