@@ -33,7 +33,8 @@ pub enum Contender {
         /// Image bytes allowed.
         threshold_bytes: u64,
     },
-    /// `docker system prune -af` at 02:00: every image, stopped container and unused volume.
+    /// `docker system prune -af` at 02:00: every unused image and stopped container (volumes
+    /// stay: `system prune` takes them only with `--volumes`).
     NightlyPruneAll,
     /// `docker image prune -f` at 02:00: dangling images only.
     NightlyDangling,
@@ -581,9 +582,8 @@ fn nightly(
             react(host, contender, now, pressure, out);
         }
         Contender::NightlyPruneAll => {
-            out.others_deleted += (host.containers.len() + host.volumes.len()) as u64;
+            out.others_deleted += host.containers.len() as u64;
             host.containers.clear();
-            host.volumes.clear();
             let ids: Vec<String> = host.images.keys().cloned().collect();
             for id in ids {
                 if host.remove_image(&id) {

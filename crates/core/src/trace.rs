@@ -26,6 +26,9 @@ pub struct Header {
     pub other_bytes: u64,
     /// Start of the trace (Unix seconds).
     pub start: Timestamp,
+    /// The factor every byte count was multiplied by ([`Trace::scaled`]), when not 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<f64>,
     /// The generator's parameters, when generated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<TraceParams>,
@@ -185,6 +188,28 @@ impl Trace {
     /// Seconds the trace spans.
     pub fn duration(&self) -> Timestamp {
         self.events.last().map_or(0, Event::time)
+    }
+
+    /// The same trace with every byte count multiplied by `factor` (rounded): the capacity,
+    /// the other bytes, every layer and leftover. Watermarks, budgets and eviction orders
+    /// compare bytes with bytes, so a policy decides the same on it; it only runs faster on a
+    /// real disk. Reports multiply bytes by `1 / factor` to compare.
+    pub fn scaled(mut self, factor: f64) -> Self {
+        if factor == 1.0 {
+            return self;
+        }
+        let scale = |b: &mut u64| *b = (*b as f64 * factor).round() as u64;
+        scale(&mut self.header.capacity_bytes);
+        scale(&mut self.header.other_bytes);
+        self.header.scale = Some(self.header.scale.unwrap_or(1.0) * factor);
+        for e in &mut self.events {
+            match e {
+                Event::Build { layers, .. } => layers.iter_mut().for_each(|l| scale(&mut l.bytes)),
+                Event::Container { bytes, .. } | Event::Volume { bytes, .. } => scale(bytes),
+                Event::Use { .. } => {}
+            }
+        }
+        self
     }
 }
 
@@ -421,6 +446,7 @@ pub fn generate(params: &TraceParams) -> Trace {
             capacity_bytes: params.capacity_bytes,
             other_bytes: params.other_bytes,
             start: 1_767_225_600, // 2026-01-01T00:00:00Z: traces start at midnight UTC.
+            scale: None,
             params: Some(params.clone()),
         },
         events,

@@ -120,12 +120,24 @@ impl Client {
             })?
     }
 
-    /// Sends one request; `path` starts with `/` and is prefixed with the pinned version.
+    /// Sends one request; `path` starts with `/` and is prefixed with the pinned version. A
+    /// body is JSON.
     pub async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
+    ) -> Result<Response, Error> {
+        let body = body.map(|b| (b, "application/json"));
+        self.send_typed(method, path, body).await
+    }
+
+    /// Sends one request with a body of the given content type (`application/x-tar`).
+    pub async fn send_typed(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Vec<u8>, &str)>,
     ) -> Result<Response, Error> {
         let uri = format!("{}{}", self.prefix, path);
         let exchange = async {
@@ -138,11 +150,15 @@ impl Client {
                     hyper::header::USER_AGENT,
                     concat!("dockgc/", env!("CARGO_PKG_VERSION")),
                 );
-            if body.is_some() {
-                builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
-            }
+            let body = match body {
+                Some((bytes, content_type)) => {
+                    builder = builder.header(hyper::header::CONTENT_TYPE, content_type);
+                    bytes
+                }
+                None => Vec::new(),
+            };
             let request = builder
-                .body(Full::new(Bytes::from(body.unwrap_or_default())))
+                .body(Full::new(Bytes::from(body)))
                 .map_err(|e| Error::Protocol(format!("bad request {uri}: {e}")))?;
             let response = sender
                 .send_request(request)

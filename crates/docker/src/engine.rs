@@ -26,7 +26,7 @@ pub const MAX_API: (u32, u32) = (1, 47);
 /// Requests in flight at once while taking a snapshot.
 const CONCURRENCY: usize = 8;
 
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
 }
 
@@ -118,6 +118,11 @@ impl Engine {
             client,
             host,
         })
+    }
+
+    /// The HTTP client, for the adapter's other modules.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Identity of the engine.

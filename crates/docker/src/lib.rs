@@ -9,6 +9,7 @@ pub mod convert;
 pub mod endpoint;
 pub mod engine;
 pub mod host;
+pub mod workload;
 
 pub use endpoint::{Endpoint, Environment};
 pub use engine::Engine;

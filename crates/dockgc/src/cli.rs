@@ -259,6 +259,11 @@ pub enum TraceCommand {
         /// Disk capacity (e.g. 2.5GB).
         #[arg(long, default_value = "2.5GB", value_name = "SIZE")]
         capacity: String,
+        /// Multiply every byte count (layers, leftovers, capacity, other bytes) by this, after
+        /// generating: the same trace at a smaller size, for replays on a slow disk. Every
+        /// decision that compares bytes with bytes stays the same.
+        #[arg(long, default_value_t = 1.0, value_name = "FACTOR")]
+        scale: f64,
         /// Write to FILE instead of standard output.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,

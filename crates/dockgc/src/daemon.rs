@@ -851,6 +851,17 @@ impl Governor {
                 self.stuck_at = Some((after.used_bytes, std::time::Instant::now()));
             }
         }
+        // Back under low: the pressure episode is over. Without this, the next arrival would
+        // find usage a little above low and start another cycle, holding the disk at low
+        // instead of letting it rise to high again.
+        if done.status == RunStatus::Done {
+            if let Some(after) = done.after {
+                if after.used_bytes <= policy.disk.low.used_bytes_on(&after) {
+                    self.pressure = false;
+                    self.metrics.set_pressure(false);
+                }
+            }
+        }
         if let Some(why) = &done.report.aborted {
             self.on_disconnected(why.clone());
         }

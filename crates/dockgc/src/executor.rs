@@ -553,6 +553,25 @@ pub struct Done {
     pub status: RunStatus,
 }
 
+/// Disk bytes of layers and containers in `now` that were not in `before`.
+fn arrived_disk_bytes(before: &Snapshot, now: &Snapshot) -> u64 {
+    let layers: HashSet<&str> = before.layers.iter().map(|l| l.chain_id.as_str()).collect();
+    let containers: HashSet<&str> = before.containers.iter().map(|c| c.id.as_str()).collect();
+    let new_layers: u64 = now
+        .layers
+        .iter()
+        .filter(|l| !layers.contains(l.chain_id.as_str()))
+        .map(|l| l.disk_bytes.unwrap_or(l.bytes))
+        .sum();
+    let new_containers: u64 = now
+        .containers
+        .iter()
+        .filter(|c| !containers.contains(c.id.as_str()))
+        .map(|c| c.disk_bytes.or(c.size_rw).unwrap_or(0))
+        .sum();
+    new_layers + new_containers
+}
+
 /// Runs a plan as the safety protocol, with the run's start and end in the audit trail. An
 /// optimistic estimate must not leave the disk above the target: while it is, plan again
 /// from fresh facts (estimates corrected by what was really freed) and go on, at most
@@ -603,14 +622,18 @@ pub async fn execute(
         {
             break;
         }
+        let snapshot = engine.snapshot(chrono::Utc::now().timestamp()).await?;
+        // What statvfs shows freed is net of what arrived meanwhile (a busy host keeps
+        // loading images during a cycle): count those bytes back, or a build during the
+        // cycle would read as an overestimate and the next round would delete too much.
+        let arrived = arrived_disk_bytes(job.snapshot, &snapshot);
         let correction = match (before, report.removed_disk_bytes()) {
             (Some(b), predicted) if predicted > 0 => {
-                (b.used_bytes.saturating_sub(fs.used_bytes) as f64 / predicted as f64)
+                ((b.used_bytes + arrived).saturating_sub(fs.used_bytes) as f64 / predicted as f64)
                     .clamp(0.25, 1.0)
             }
             _ => 1.0,
         };
-        let snapshot = engine.snapshot(chrono::Utc::now().timestamp()).await?;
         let request = dockgc_core::Request {
             disk_correction: correction,
             ..job.request.clone()
@@ -675,4 +698,51 @@ pub async fn execute(
         freed_disk_bytes,
         status,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dockgc_core::model::Layer;
+
+    fn layer(id: &str, bytes: u64, disk: Option<u64>) -> Layer {
+        Layer {
+            chain_id: id.into(),
+            bytes,
+            disk_bytes: disk,
+            inodes: None,
+        }
+    }
+
+    #[test]
+    fn arrivals_during_a_round_are_counted_back() {
+        let before = Snapshot {
+            layers: vec![layer("a", 100, Some(110)), layer("b", 50, None)],
+            ..Snapshot::default()
+        };
+        let mut now = before.clone();
+        // `a` was deleted, `c` and `d` arrived, a job left a container.
+        now.layers = vec![
+            layer("b", 50, None),
+            layer("c", 30, Some(40)),
+            layer("d", 7, None),
+        ];
+        now.containers = vec![Container {
+            id: "job".into(),
+            names: vec!["job".into()],
+            image_id: "sha256:1".into(),
+            image: "env:1".into(),
+            state: dockgc_core::model::ContainerState::Exited,
+            created: 0,
+            started: None,
+            finished: None,
+            labels: Default::default(),
+            size_rw: Some(5),
+            disk_bytes: None,
+            volumes: Vec::new(),
+            networks: Vec::new(),
+        }];
+        assert_eq!(arrived_disk_bytes(&before, &now), 40 + 7 + 5);
+        assert_eq!(arrived_disk_bytes(&now, &now), 0);
+    }
 }

@@ -226,8 +226,12 @@ async fn run(cli: Cli) -> Result<Exit> {
             uses_per_day,
             skew,
             capacity,
+            scale,
             output,
         }) => {
+            if !(*scale > 0.0 && *scale <= 1.0) {
+                anyhow::bail!("--scale {scale}: expected a factor above 0 and at most 1");
+            }
             let capacity_bytes = config::parse_size(capacity).with_context(|| {
                 format!("--capacity `{capacity}`: expected a size such as 2.5GB")
             })?;
@@ -240,7 +244,8 @@ async fn run(cli: Cli) -> Result<Exit> {
                 skew: *skew,
                 capacity_bytes,
                 ..dockgc_core::trace::TraceParams::default()
-            });
+            })
+            .scaled(*scale);
             let text = trace.to_json_lines();
             match output {
                 Some(path) => write_atomically(path, text.as_bytes())?,

@@ -76,6 +76,7 @@ pub async fn record(
             capacity_bytes: fs.capacity_bytes(),
             other_bytes: fs.used_bytes.saturating_sub(objects),
             start,
+            scale: None,
             params: None,
         },
     )?;

@@ -242,6 +242,85 @@ fn exists(engine: &PrivateEngine, image: &str) -> bool {
 
 const WATERMARKS: &str = "[disk]\nhigh = \"80%\"\nlow = \"60%\"\n[keep]\nmin_age = \"0\"\nrecent = \"0\"\nper_repository = 0\n[schedule]\ncheck_every = \"1s\"\ncron = [\"0 3 1 1 *\"]\n";
 
+/// A gauge's value as the governor serves it.
+fn gauge(governor: &Governor, name: &str) -> Option<f64> {
+    let (_, body, _) = crate::observability::get(&governor.metrics_addr(), "/metrics", None);
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn a_pressure_episode_ends_back_under_low() {
+    let engine = PrivateEngine::start(1024);
+    let base = vec![Layer::busybox()];
+    load_envs(&engine, &base, 0..16, 8, 25);
+    // Only arrivals start checks (no poll within the test): what a busy host sees, where the
+    // next image lands before any poll. A ballast file moves usage without an event.
+    let config = WATERMARKS.replace("check_every = \"1s\"", "check_every = \"1h\"");
+    let governor = Governor::start(&engine, &config);
+    let ballast = engine.root.join("ballast");
+    grow_to(&engine, &ballast, 79.0);
+    // One image takes usage past high: one cycle frees down to low. Untagged, so that its
+    // load is one event (a tag event after the cycle would be a check that ends the
+    // episode by itself).
+    let mut untagged = env_image(&base, 16, 25);
+    untagged.tags.clear();
+    load(&engine, &[untagged]);
+    governor.wait("a cycle back under low", 30, || {
+        (governor.cycles() == 1 && used_percent(&engine) <= 60.0).then_some(())
+    });
+    // Just above low (no event), then an arrival: it is checked at once and must not start
+    // a cycle — pressure starts above high; the episode ended under low.
+    grow_to(&engine, &ballast, 61.0);
+    load_envs(&engine, &base, 17..18, 1, 5);
+    let used = used_percent(&engine);
+    assert!(used > 60.0 && used < 80.0, "{used:.1}% used");
+    // The governor handles events in order: once it has measured the disk after a second
+    // arrival, it has finished whatever the first one set off.
+    load_envs(&engine, &base, 18..19, 1, 5);
+    let bytes = used_bytes(&engine);
+    governor.wait("the governor to measure the second arrival", 30, || {
+        (gauge(&governor, "dockgc_filesystem_used_bytes")? >= bytes as f64 - 1e6).then_some(())
+    });
+    assert_eq!(governor.cycles(), 1, "{}", governor.log());
+    assert!(exists(&engine, "ml/env-17:v1") && exists(&engine, "ml/env-18:v1"));
+}
+
+/// Appends to `file` until the data root's filesystem is `percent` used.
+fn grow_to(engine: &PrivateEngine, file: &std::path::Path, percent: f64) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    while used_percent(engine) < percent {
+        f.write_all(&chunk).unwrap();
+        f.sync_all().unwrap();
+    }
+}
+
+/// Bytes in use on the data root's filesystem (statvfs, as the governor measures).
+fn used_bytes(engine: &PrivateEngine) -> u64 {
+    let out = Command::new("df")
+        .args(["-B1", "--output=used"])
+        .arg(&engine.root)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 #[test]
 fn watermark_keeps_recently_used_images_across_a_restart() {
     let engine = PrivateEngine::start(2048);

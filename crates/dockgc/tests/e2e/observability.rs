@@ -25,7 +25,7 @@ fn repo() -> PathBuf {
 }
 
 /// One HTTP/1.1 GET: status, body, and how long the answer took.
-fn get(addr: &str, path: &str, accept: Option<&str>) -> (u16, String, Duration) {
+pub fn get(addr: &str, path: &str, accept: Option<&str>) -> (u16, String, Duration) {
     let start = Instant::now();
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
