@@ -47,13 +47,17 @@ w("")
 days = bench_header["params"]["days"]
 w(f"**Bench trace** (replayed on real engines): the default generator's parameters for {days} days, every byte count × 0.25 "
   f"(`dockgc trace generate --days {days} --scale 0.25`): {len(open(f'{results}/bench.trace').read().splitlines()) - 1} events, "
-  f"disk {mb(cap)}, other bytes {mb(bench_header['other_bytes'])}; one simulated day = 25 s. Bytes below are on that "
+  f"disk {mb(cap)}, other bytes {mb(bench_header['other_bytes'])}; one simulated day = {replays[0]['day_seconds']:.0f} s. Bytes below are on that "
   "1/4-size disk. Budget = dockgc's `disk.low` (with `disk.high` 15 points above, at most 95 %) = docuum's threshold plus the trace's other bytes.")
 w("")
 w("### Replays on real engines")
 w("")
-w("| policy | budget | run | misses | re-loaded | disk full | peak | mean | images deleted | others deleted | max lag | peer restarts | wall |")
+w("| policy | budget | run | misses | re-loaded | disk full | peak | mean | images deleted | others deleted | max lag | docuum restarts | wall |")
 w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+def restarts(r):
+    n, paused = r["bench"]["restarts"], r.get("paused_seconds", 0)
+    return f"{n} (clock stopped {paused:.0f} s)" if paused else str(n)
+
 order = {"dockgc": 0, "docuum": 1, "prune-all": 2, "dangling": 3}
 replays.sort(key=lambda r: (order.get(r["bench"]["policy"], 9), r["bench"]["budget_percent"], r["outcome"]["policy"]))
 for r in replays:
@@ -62,7 +66,7 @@ for r in replays:
     budget = "—" if nightly else f"{bnch['budget_percent']:.0f} %"
     w(f"| {o['policy']} | {budget} | {bnch.get('run', '')} | {o['misses']} | {mb(o['bytes_reloaded'])} | {o['disk_full']} | "
       f"{pct(o['peak_bytes'], cap)} | {pct(o['mean_bytes'], cap)} | {o['images_deleted']} | {o['others_deleted']} | "
-      f"{r['max_lag_seconds']:.1f} s | {bnch['restarts']} | {r['wall_seconds']:.0f} s |")
+      f"{r['max_lag_seconds']:.1f} s | {restarts(r)} | {r['wall_seconds']:.0f} s |")
 w("")
 
 def runs(policy, budget=None):
@@ -89,8 +93,8 @@ w("")
 
 w("### Goals (replays, mean of the runs)")
 w("")
-w("| budget | dockgc re-loaded | docuum re-loaded | ratio (goal ≤ 0.7) | nightly prune -af re-loaded | ratio (goal ≤ 0.2) | dockgc / docuum peak | offline reference (simulated) | dockgc gap to it |")
-w("|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+w("| budget | dockgc re-loaded | docuum re-loaded | ratio (goal ≤ 0.7) | docuum modelled (simulate) | ratio to it | nightly prune -af re-loaded | ratio (goal ≤ 0.2) | dockgc / docuum peak | offline reference (simulated) | dockgc gap to it |")
+w("|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
 prune = runs("prune-all")
 prune_y = mean(r["outcome"]["bytes_reloaded"] for r in prune) if prune else None
 for b in budgets:
@@ -102,7 +106,9 @@ for b in budgets:
     dp = max(r["outcome"]["peak_bytes"] for r in d)
     up = max(r["outcome"]["peak_bytes"] for r in u)
     off = sim_outcome(sim_bench, b, "offline")["bytes_reloaded"] if b in sim_bench else None
-    w(f"| {b} % | {mb(dy)} | {mb(uy)} | {dy / max(uy, 1):.2f} | {mb(prune_y) if prune_y is not None else '—'} | "
+    model = sim_outcome(sim_bench, b, "docuum")["bytes_reloaded"] if b in sim_bench else None
+    w(f"| {b} % | {mb(dy)} | {mb(uy)} | {dy / max(uy, 1):.2f} | {mb(model) if model is not None else '—'} | "
+      f"{(dy / max(model, 1)) if model else float('nan'):.2f} | {mb(prune_y) if prune_y is not None else '—'} | "
       f"{(dy / max(prune_y, 1)) if prune_y else float('nan'):.2f} | {pct(dp, cap)} / {pct(up, cap)} | "
       f"{mb(off) if off is not None else '—'} | {mb(dy - off) if off is not None else '—'} |")
 w("")

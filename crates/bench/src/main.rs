@@ -36,6 +36,9 @@ enum Command {
         /// A shell command to run at every simulated 02:00 (e.g. `docker system prune -af`).
         #[arg(long)]
         nightly: Option<String>,
+        /// The log of a peer (docuum) whose restarts stop the replay's clock.
+        #[arg(long)]
+        peer_log: Option<PathBuf>,
         /// Name of the policy under test, for the report.
         #[arg(long)]
         policy: String,
@@ -53,6 +56,7 @@ fn main() -> Result<()> {
             root,
             day_seconds,
             nightly,
+            peer_log,
             policy,
             output,
         } => {
@@ -68,6 +72,7 @@ fn main() -> Result<()> {
                 root,
                 day_seconds,
                 nightly,
+                peer_log,
                 policy,
             }))?;
             std::fs::write(&output, serde_json::to_vec_pretty(&result)?)

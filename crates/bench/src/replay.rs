@@ -34,6 +34,9 @@ pub struct Setup {
     /// A shell command the replay runs at every simulated 02:00 (a cron job's prune, or
     /// `dockgc trigger`), if any.
     pub nightly: Option<String>,
+    /// The log of a peer whose restarts stop the replay's clock (docuum's 5 s pause would
+    /// be hours of simulated blindness), if any.
+    pub peer_log: Option<PathBuf>,
     /// The name of the policy under test, for the report.
     pub policy: String,
 }
@@ -59,6 +62,73 @@ pub struct Replay {
     pub load_seconds: f64,
     /// Real seconds spent running jobs (container create and remove, misses excluded).
     pub job_seconds: f64,
+    /// Times the peer restarted during the replay (its clock stood still meanwhile).
+    pub peer_restarts: u64,
+    /// Real seconds the clock stood still for them.
+    pub paused_seconds: f64,
+}
+
+/// The replay's clock: real time since the start, minus the time it stood still while the
+/// peer under test was restarting.
+#[derive(Debug)]
+struct Clock {
+    start: Mutex<Instant>,
+    paused: std::sync::atomic::AtomicBool,
+}
+
+impl Clock {
+    fn start(&self) -> Instant {
+        *self.start.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Simulated seconds since the start.
+    fn now(&self, speed: f64) -> i64 {
+        (self.start().elapsed().as_secs_f64() * speed) as i64
+    }
+
+    fn shift(&self, by: Duration) {
+        *self.start.lock().unwrap_or_else(|p| p.into_inner()) += by;
+    }
+}
+
+/// A peer's log, read as it grows: it is restarting between a "Retrying" line and the next
+/// "Listening" line (docuum 0.27.3's words).
+struct PeerLog {
+    path: PathBuf,
+    offset: u64,
+    pending: String,
+    retries: u64,
+    listens: u64,
+}
+
+impl PeerLog {
+    fn poll(&mut self) {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut file) = std::fs::File::open(&self.path) else {
+            return;
+        };
+        if file.seek(SeekFrom::Start(self.offset)).is_err() {
+            return;
+        }
+        let mut bytes = Vec::new();
+        if let Ok(n) = file.read_to_end(&mut bytes) {
+            self.offset += n as u64;
+        }
+        self.pending.push_str(&String::from_utf8_lossy(&bytes));
+        while let Some(end) = self.pending.find('\n') {
+            let line: String = self.pending.drain(..=end).collect();
+            if line.contains("Retrying in 5 seconds") {
+                self.retries += 1;
+            } else if line.contains("Listening for Docker events") {
+                self.listens += 1;
+            }
+        }
+    }
+
+    fn restarting(&mut self) -> bool {
+        self.poll();
+        self.listens <= self.retries
+    }
 }
 
 #[derive(Default)]
@@ -87,6 +157,7 @@ struct Run {
     leftovers_skipped: u64,
     volumes_made: u64,
     seq: u64,
+    /// The reference the last job used (volume leftovers are made from it).
     last_image: Option<String>,
     created: String,
     load_seconds: f64,
@@ -162,6 +233,18 @@ impl Run {
         }
     }
 
+    /// How a job names trace image `image`: its tag while it holds one (what CI jobs do, and
+    /// what keeps a peer that resolves references later from chasing a deleted ID), else its ID.
+    fn reference(&self, image: &str) -> Option<String> {
+        let id = self.ids.get(image)?;
+        Some(
+            self.tags
+                .iter()
+                .find(|(_, owner)| owner.as_str() == image)
+                .map_or_else(|| id.clone(), |(tag, _)| tag.clone()),
+        )
+    }
+
     async fn present(&self, image: &str) -> bool {
         match self.ids.get(image) {
             Some(id) => matches!(self.engine.inspect_image(id).await, Ok(Some(_))),
@@ -181,13 +264,8 @@ impl Run {
                     None => return,
                 }
             }
-            let Some(id) = self.ids.get(image).cloned() else {
+            let Some(reference) = self.reference(image) else {
                 return;
-            };
-            let reference = if self.tags.get(tag).map(String::as_str) == Some(image) {
-                tag.to_string()
-            } else {
-                id.clone()
             };
             self.seq += 1;
             let name = format!("job-{}", self.seq);
@@ -199,7 +277,7 @@ impl Run {
             let started = Instant::now();
             match self.engine.create_container(&new).await {
                 Ok(cid) => {
-                    self.last_image = Some(id);
+                    self.last_image = Some(reference.clone());
                     if let Err(e) = self.engine.remove_container(&cid).await {
                         self.error("remove job container", &e);
                     }
@@ -217,14 +295,14 @@ impl Run {
     }
 
     async fn leftover(&mut self, id: &str, image: &str, bytes: u64) {
-        let Some(engine_id) = self.ids.get(image).cloned() else {
+        let Some(reference) = self.reference(image) else {
             self.leftovers_skipped += 1;
             return;
         };
         let name = format!("left-{id}");
         let new = NewContainer {
             name: &name,
-            image: &engine_id,
+            image: &reference,
             volume: None,
         };
         let cid = match self.engine.create_container(&new).await {
@@ -355,8 +433,20 @@ pub async fn replay(setup: Setup) -> Result<Replay> {
     for event in &setup.trace.events[..first] {
         run.apply(&setup.trace, event).await;
     }
-    let t0 = Instant::now();
+    let clock = Arc::new(Clock {
+        start: Mutex::new(Instant::now()),
+        paused: std::sync::atomic::AtomicBool::new(false),
+    });
+    let wall = Instant::now();
+    let mut peer = setup.peer_log.clone().map(|path| PeerLog {
+        path,
+        offset: 0,
+        pending: String::new(),
+        retries: 0,
+        listens: 0,
+    });
     let disk = Arc::new(Mutex::new(Disk::default()));
+    let sampler_clock = clock.clone();
     let sampler_disk = disk.clone();
     let root = setup.root.clone();
     let sampler = tokio::spawn(async move {
@@ -369,10 +459,13 @@ pub async fn replay(setup: Setup) -> Result<Replay> {
                 continue;
             };
             let now = Instant::now();
-            let sim = (now.duration_since(t0).as_secs_f64() * speed) as i64;
+            let sim = sampler_clock.now(speed);
             let mut d = sampler_disk.lock().unwrap_or_else(|p| p.into_inner());
             let dt = now.duration_since(last).as_secs_f64();
             last = now;
+            if sampler_clock.paused.load(Ordering::Relaxed) {
+                continue; // the simulated clock stands still
+            }
             d.peak = d.peak.max(fs.used_bytes);
             d.area += fs.used_bytes as f64 * dt;
             d.seconds += dt;
@@ -384,6 +477,7 @@ pub async fn replay(setup: Setup) -> Result<Replay> {
     });
 
     let mut max_lag: f64 = 0.0;
+    let mut paused = Duration::ZERO;
     let mut next_nightly: i64 = 2 * 3_600;
     let total = setup.trace.events.len();
     let trace = &setup.trace;
@@ -391,12 +485,15 @@ pub async fn replay(setup: Setup) -> Result<Replay> {
         let t = event.time();
         if let Some(nightly) = &setup.nightly {
             while next_nightly <= t {
-                wait_until(t0, next_nightly, speed).await;
+                wait_until(&clock, next_nightly, speed).await;
                 run_nightly(nightly).await?;
                 next_nightly += 86_400;
             }
         }
-        let lag = wait_until(t0, t, speed).await;
+        if let Some(peer) = peer.as_mut() {
+            paused += stand_still_while_restarting(&clock, peer).await;
+        }
+        let lag = wait_until(&clock, t, speed).await;
         max_lag = max_lag.max(lag);
         run.apply(trace, event).await;
         if n % 500 == 0 {
@@ -409,7 +506,7 @@ pub async fn replay(setup: Setup) -> Result<Replay> {
             );
         }
     }
-    wait_until(t0, trace.duration(), speed).await;
+    wait_until(&clock, trace.duration(), speed).await;
     // Let the watcher see the last deletions.
     tokio::time::sleep(Duration::from_millis(500)).await;
     sampler.abort();
@@ -449,19 +546,38 @@ pub async fn replay(setup: Setup) -> Result<Replay> {
     Ok(Replay {
         outcome: run.out,
         day_seconds: setup.day_seconds,
-        wall_seconds: t0.elapsed().as_secs_f64(),
+        wall_seconds: wall.elapsed().as_secs_f64(),
         max_lag_seconds: max_lag,
         errors: run.errors,
         first_errors: run.first_errors,
         leftovers_skipped: run.leftovers_skipped,
         load_seconds: run.load_seconds,
         job_seconds: run.job_seconds,
+        // The first "Listening" is the start, not a restart.
+        peer_restarts: peer.as_ref().map_or(0, |p| p.retries),
+        paused_seconds: paused.as_secs_f64(),
     })
 }
 
 /// Sleeps until simulated second `t`; returns how far behind it already was (real seconds).
-async fn wait_until(t0: Instant, t: i64, speed: f64) -> f64 {
-    let due = t0 + Duration::from_secs_f64(t as f64 / speed);
+/// While the peer restarts, the clock stands still (at most a minute); returns for how long.
+async fn stand_still_while_restarting(clock: &Clock, peer: &mut PeerLog) -> Duration {
+    if !peer.restarting() {
+        return Duration::ZERO;
+    }
+    let began = Instant::now();
+    clock.paused.store(true, Ordering::Relaxed);
+    while peer.restarting() && began.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stood = began.elapsed();
+    clock.shift(stood);
+    clock.paused.store(false, Ordering::Relaxed);
+    stood
+}
+
+async fn wait_until(clock: &Clock, t: i64, speed: f64) -> f64 {
+    let due = clock.start() + Duration::from_secs_f64(t as f64 / speed);
     let now = Instant::now();
     if due > now {
         tokio::time::sleep_until(due.into()).await;

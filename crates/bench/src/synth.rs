@@ -167,3 +167,39 @@ pub fn layer_dir(root: &Path, chain_id: &str) -> PathBuf {
     root.join("image/overlay2/layerdb/sha256")
         .join(chain_id.trim_start_matches("sha256:"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(id: &str, bytes: u64) -> TraceLayer {
+        TraceLayer {
+            id: id.into(),
+            bytes,
+        }
+    }
+
+    #[test]
+    fn a_shared_layer_is_one_diff_id_and_an_archive_carries_only_missing_layers() {
+        let mut shop = Workshop::default();
+        let a = shop.image("a", &[layer("os", 3000), layer("app-a", 100)], "t");
+        let b = shop.image("b", &[layer("os", 3000), layer("app-b", 200)], "t");
+        assert_eq!(a.diff_ids[0], b.diff_ids[0]);
+        assert_ne!(a.diff_ids[1], b.diff_ids[1]);
+        assert_ne!(a.id, b.id);
+        // The same image again is the same image.
+        assert_eq!(shop.image("a", &[], "later").id, a.id);
+        let (_, all) = shop.archive(&b, Some("b:1"), |_| false);
+        assert_eq!(all, 3200);
+        let os_chain = a.chain_ids[0].clone();
+        let (tar, carried) = shop.archive(&b, Some("b:1"), |c| c == os_chain);
+        assert_eq!(carried, 200);
+        let names: Vec<String> = tar::Archive::new(tar.as_slice())
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}"); // app layer, config, manifest
+        assert!(names.contains(&"manifest.json".to_string()));
+    }
+}
