@@ -136,7 +136,7 @@ COLORS = {"dockgc": "#1f77b4", "docuum": "#d62728", "prune-all": "#7f7f7f", "dan
 def svg(path, title, xlabel, ylabel, series, xmax, ymax, xfmt, yfmt, lines=True):
     def X(x): return L + (W - L - 20) * x / xmax
     def Y(y): return H - B - (H - B - 30) * y / ymax
-    s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H + 20 * ((len(series) + 2) // 3)}" font-family="sans-serif" font-size="11">',
+    s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H + 20 * ((len(series) + 1) // 2)}" font-family="sans-serif" font-size="11">',
          f'<rect width="100%" height="100%" fill="white"/>',
          f'<text x="{W / 2}" y="16" text-anchor="middle" font-size="13">{title}</text>',
          f'<line x1="{L}" y1="{H - B}" x2="{W - 20}" y2="{H - B}" stroke="black"/>',
@@ -156,7 +156,7 @@ def svg(path, title, xlabel, ylabel, series, xmax, ymax, xfmt, yfmt, lines=True)
         if not lines or len(pts) <= 40:
             for x, y in pts:
                 s.append(f'<circle cx="{X(x):.1f}" cy="{Y(y):.1f}" r="3" fill="{color}"/>')
-        lx, ly = L + 190 * (n % 3), H + 4 + 20 * (n // 3)
+        lx, ly = L + 280 * (n % 2), H + 4 + 20 * (n // 2)
         s.append(f'<rect x="{lx}" y="{ly}" width="10" height="10" fill="{color}"/><text x="{lx + 14}" y="{ly + 9}">{name}</text>')
     s.append("</svg>")
     open(path, "w").write("\n".join(s))
@@ -178,13 +178,13 @@ svg(f"{plots}/reload-vs-peak.svg", "Bytes re-loaded against peak disk usage (ben
     "re-loaded", series, 100, ymax, lambda x: f"{x:.0f}%", lambda y: f"{y / 1e6:.0f}MB", lines=True)
 
 series = []
-for policy, budget in (("dockgc", 70), ("docuum", 70), ("prune-all", 70), ("dangling", 70)):
+for policy, budget in (("dockgc", 65), ("docuum", 65), ("prune-all", 65), ("dangling", 65)):
     rs = [r for r in runs(policy, budget) if r["bench"].get("run", 1) == 1]
     if rs:
         pts = [(t / 3600, b / cap * 100) for t, b in rs[0]["outcome"]["usage"]]
         series.append((rs[0]["outcome"]["policy"], COLORS[policy], pts, False))
 xmax = max([x for _, _, pts, _ in series for x, _ in pts] + [1])
-svg(f"{plots}/usage.svg", "Disk usage over the replay (budget 70 %, run 1)", "simulated hours", "used",
+svg(f"{plots}/usage.svg", "Disk usage over the replay (budget 65 %, run 1)", "simulated hours", "used",
     series, xmax, 100, lambda x: f"{x:.0f}h", lambda y: f"{y:.0f}%")
 
 text = open(doc).read()

@@ -24,24 +24,8 @@ enum Command {
         /// The trace (JSON lines, docs/trace-format.md).
         #[arg(long)]
         trace: PathBuf,
-        /// The engine (`unix:///…/d.sock`).
-        #[arg(long)]
-        host: String,
-        /// The engine's data root (the capacity-limited filesystem).
-        #[arg(long)]
-        root: PathBuf,
-        /// Real seconds per simulated day.
-        #[arg(long, default_value_t = 60.0)]
-        day_seconds: f64,
-        /// A shell command to run at every simulated 02:00 (e.g. `docker system prune -af`).
-        #[arg(long)]
-        nightly: Option<String>,
-        /// The log of a peer (docuum) whose restarts stop the replay's clock.
-        #[arg(long)]
-        peer_log: Option<PathBuf>,
-        /// Name of the policy under test, for the report.
-        #[arg(long)]
-        policy: String,
+        #[command(flatten)]
+        options: replay::Options,
         /// Where to write the result.
         #[arg(long, short)]
         output: PathBuf,
@@ -52,12 +36,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Replay {
             trace,
-            host,
-            root,
-            day_seconds,
-            nightly,
-            peer_log,
-            policy,
+            options,
             output,
         } => {
             let text = std::fs::read_to_string(&trace)
@@ -66,15 +45,7 @@ fn main() -> Result<()> {
                 anyhow::anyhow!("{}: line {}: {}", trace.display(), e.line, e.message)
             })?;
             let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
-            let result = runtime.block_on(replay::replay(replay::Setup {
-                trace,
-                host,
-                root,
-                day_seconds,
-                nightly,
-                peer_log,
-                policy,
-            }))?;
+            let result = runtime.block_on(replay::replay(trace, options))?;
             std::fs::write(&output, serde_json::to_vec_pretty(&result)?)
                 .with_context(|| format!("write {}", output.display()))?;
             Ok(())

@@ -20,24 +20,28 @@ use serde::{Deserialize, Serialize};
 
 use crate::synth::{layer_dir, one_file_tar, Workshop};
 
-/// What to replay, where.
-#[derive(Debug, Clone)]
-pub struct Setup {
-    /// The trace.
-    pub trace: Trace,
-    /// Engine endpoint (`unix:///…`).
+/// Where and how to replay (the command line of `dockgc-bench replay`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// The engine (`unix:///…/d.sock`).
+    #[arg(long)]
     pub host: String,
     /// The engine's data root: the capacity-limited filesystem.
+    #[arg(long)]
     pub root: PathBuf,
     /// Real seconds per simulated day.
+    #[arg(long, default_value_t = 60.0)]
     pub day_seconds: f64,
-    /// A shell command the replay runs at every simulated 02:00 (a cron job's prune, or
-    /// `dockgc trigger`), if any.
+    /// A shell command to run at every simulated 02:00 (a cron job's prune, or
+    /// `dockgc trigger`).
+    #[arg(long)]
     pub nightly: Option<String>,
-    /// The log of a peer whose restarts stop the replay's clock (docuum's 5 s pause would
-    /// be hours of simulated blindness), if any.
+    /// The log of a peer (docuum) whose restarts stop the replay's clock: its 5 s pause
+    /// would be hours of simulated blindness.
+    #[arg(long)]
     pub peer_log: Option<PathBuf>,
-    /// The name of the policy under test, for the report.
+    /// Name of the policy under test, for the report.
+    #[arg(long)]
     pub policy: String,
 }
 
@@ -294,6 +298,22 @@ impl Run {
         }
     }
 
+    /// Creates a container for a leftover; its image may be gone already (then the leftover
+    /// is skipped and counted).
+    async fn create_leftover(&mut self, new: &NewContainer<'_>, what: &str) -> Option<String> {
+        match self.engine.create_container(new).await {
+            Ok(cid) => Some(cid),
+            Err(dockgc_docker::Error::NotFound(_)) => {
+                self.leftovers_skipped += 1;
+                None
+            }
+            Err(e) => {
+                self.error(what, &e);
+                None
+            }
+        }
+    }
+
     async fn leftover(&mut self, id: &str, image: &str, bytes: u64) {
         let Some(reference) = self.reference(image) else {
             self.leftovers_skipped += 1;
@@ -305,13 +325,11 @@ impl Run {
             image: &reference,
             volume: None,
         };
-        let cid = match self.engine.create_container(&new).await {
-            Ok(cid) => cid,
-            Err(dockgc_docker::Error::NotFound(_)) => {
-                self.leftovers_skipped += 1;
-                return;
-            }
-            Err(e) => return self.error("create leftover container", &e),
+        let Some(cid) = self
+            .create_leftover(&new, "create leftover container")
+            .await
+        else {
+            return;
         };
         self.leftovers.insert(cid.clone());
         let tar = one_file_tar("left", id, bytes);
@@ -331,13 +349,8 @@ impl Run {
             image: &image,
             volume: Some("/data"),
         };
-        let cid = match self.engine.create_container(&new).await {
-            Ok(cid) => cid,
-            Err(dockgc_docker::Error::NotFound(_)) => {
-                self.leftovers_skipped += 1;
-                return;
-            }
-            Err(e) => return self.error("create volume container", &e),
+        let Some(cid) = self.create_leftover(&new, "create volume container").await else {
+            return;
         };
         self.volumes_made += 1;
         let tar = one_file_tar("v", id, bytes);
@@ -383,15 +396,15 @@ fn write_ballast(root: &Path, other_bytes: u64) -> Result<()> {
     Ok(())
 }
 
-/// Replays `setup.trace`; the policy under test must already be running.
-pub async fn replay(setup: Setup) -> Result<Replay> {
+/// Replays `trace`; the policy under test must already be running.
+pub async fn replay(trace: Trace, setup: Options) -> Result<Replay> {
     let endpoint = parse_host(&setup.host, None, "--host")?;
     let engine = Engine::connect(endpoint.clone(), Duration::from_secs(600)).await?;
     let watcher = Engine::connect(endpoint, Duration::from_secs(600)).await?;
     if setup.day_seconds <= 0.0 {
         bail!("--day-seconds must be positive");
     }
-    write_ballast(&setup.root, setup.trace.header.other_bytes)?;
+    write_ballast(&setup.root, trace.header.other_bytes)?;
     let speed = 86_400.0 / setup.day_seconds; // simulated seconds per real second
 
     let deleted = Arc::new(AtomicU64::new(0));
@@ -429,9 +442,9 @@ pub async fn replay(setup: Setup) -> Result<Replay> {
     // The trace's first instant (every base and repository arriving at once) is set up
     // before the clock starts, with the policy already watching: replayed on the clock, it
     // would put the replay hours of simulated time behind at once.
-    let first = trace_start_events(&setup.trace);
-    for event in &setup.trace.events[..first] {
-        run.apply(&setup.trace, event).await;
+    let first = trace_start_events(&trace);
+    for event in &trace.events[..first] {
+        run.apply(&trace, event).await;
     }
     let clock = Arc::new(Clock {
         start: Mutex::new(Instant::now()),
@@ -479,8 +492,8 @@ pub async fn replay(setup: Setup) -> Result<Replay> {
     let mut max_lag: f64 = 0.0;
     let mut paused = Duration::ZERO;
     let mut next_nightly: i64 = 2 * 3_600;
-    let total = setup.trace.events.len();
-    let trace = &setup.trace;
+    let total = trace.events.len();
+    let trace = &trace;
     for (n, event) in trace.events.iter().enumerate().skip(first) {
         let t = event.time();
         if let Some(nightly) = &setup.nightly {

@@ -553,6 +553,18 @@ pub struct Done {
     pub status: RunStatus,
 }
 
+/// The goal of a re-plan round: a byte count is what is still missing to the run's target
+/// usage (not the whole count again: the first round freed most of it); usage goals are
+/// measured afresh anyway.
+fn remaining_goal(goal: dockgc_core::Goal, used_now: u64, target_used: u64) -> dockgc_core::Goal {
+    match goal {
+        dockgc_core::Goal::FreeBytes(_) => {
+            dockgc_core::Goal::FreeBytes(used_now.saturating_sub(target_used))
+        }
+        other => other,
+    }
+}
+
 /// Disk bytes of layers and containers in `now` that were not in `before`.
 fn arrived_disk_bytes(before: &Snapshot, now: &Snapshot) -> u64 {
     let layers: HashSet<&str> = before.layers.iter().map(|l| l.chain_id.as_str()).collect();
@@ -634,8 +646,10 @@ pub async fn execute(
             }
             _ => 1.0,
         };
+        let used_now = snapshot.filesystem.map_or(fs.used_bytes, |f| f.used_bytes);
         let request = dockgc_core::Request {
             disk_correction: correction,
+            goal: remaining_goal(job.request.goal, used_now, target),
             ..job.request.clone()
         };
         let again = dockgc_core::plan(&snapshot, &(job.history)(&snapshot), job.policy, &request);
@@ -712,6 +726,21 @@ mod tests {
             disk_bytes: disk,
             inodes: None,
         }
+    }
+
+    #[test]
+    fn a_re_plan_frees_only_what_is_still_missing() {
+        use dockgc_core::Goal;
+        // Asked to free 100 from 900 (target 800); the first round got to 830.
+        assert_eq!(
+            remaining_goal(Goal::FreeBytes(100), 830, 800),
+            Goal::FreeBytes(30)
+        );
+        assert_eq!(
+            remaining_goal(Goal::FreeBytes(100), 790, 800),
+            Goal::FreeBytes(0)
+        );
+        assert_eq!(remaining_goal(Goal::Watermarks, 830, 800), Goal::Watermarks);
     }
 
     #[test]

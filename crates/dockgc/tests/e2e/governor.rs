@@ -186,22 +186,28 @@ impl Drop for Governor {
     }
 }
 
-/// Percentage of the data root's filesystem in use, as `df` computes it.
-fn used_percent(engine: &PrivateEngine) -> f64 {
+/// Used and available bytes of the data root's filesystem, as `df` (statvfs) counts them.
+fn df(engine: &PrivateEngine) -> (u64, u64) {
     let out = Command::new("df")
         .args(["-B1", "--output=used,avail"])
         .arg(&engine.root)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    let n: Vec<f64> = text
+    let n: Vec<u64> = text
         .lines()
         .nth(1)
         .unwrap()
         .split_whitespace()
         .map(|v| v.parse().unwrap())
         .collect();
-    n[0] * 100.0 / (n[0] + n[1])
+    (n[0], n[1])
+}
+
+/// Percentage of the data root's filesystem in use, as `df` computes it.
+fn used_percent(engine: &PrivateEngine) -> f64 {
+    let (used, available) = df(engine);
+    used as f64 * 100.0 / (used + available) as f64
 }
 
 pub fn env_image(base: &[Layer], n: usize, mb: usize) -> Image {
@@ -282,7 +288,7 @@ fn a_pressure_episode_ends_back_under_low() {
     // The governor handles events in order: once it has measured the disk after a second
     // arrival, it has finished whatever the first one set off.
     load_envs(&engine, &base, 18..19, 1, 5);
-    let bytes = used_bytes(&engine);
+    let bytes = df(&engine).0;
     governor.wait("the governor to measure the second arrival", 30, || {
         (gauge(&governor, "dockgc_filesystem_used_bytes")? >= bytes as f64 - 1e6).then_some(())
     });
@@ -303,22 +309,6 @@ fn grow_to(engine: &PrivateEngine, file: &std::path::Path, percent: f64) {
         f.write_all(&chunk).unwrap();
         f.sync_all().unwrap();
     }
-}
-
-/// Bytes in use on the data root's filesystem (statvfs, as the governor measures).
-fn used_bytes(engine: &PrivateEngine) -> u64 {
-    let out = Command::new("df")
-        .args(["-B1", "--output=used"])
-        .arg(&engine.root)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 #[test]
