@@ -218,7 +218,7 @@ impl Run {
         }
     }
 
-    async fn apply(&mut self, trace: &Trace, event: &Event) {
+    async fn apply(&mut self, event: &Event) {
         self.created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         match event {
             Event::Build {
@@ -229,7 +229,7 @@ impl Run {
                 }
                 self.load(image, tag, layers).await;
             }
-            Event::Use { image, tag, .. } => self.use_image(trace, image, tag).await,
+            Event::Use { image, tag, .. } => self.use_image(image, tag).await,
             Event::Container {
                 id, image, bytes, ..
             } => self.leftover(id, image, *bytes).await,
@@ -256,11 +256,12 @@ impl Run {
         }
     }
 
-    async fn use_image(&mut self, trace: &Trace, image: &str, tag: &str) {
+    async fn use_image(&mut self, image: &str, tag: &str) {
         for attempt in 0..2 {
             if !self.present(image).await {
                 self.out.misses += 1;
-                let Some(layers) = built_layers(trace, image) else {
+                // Made at its build (even one that failed for lack of space).
+                let Some(layers) = self.workshop.made(image).map(|m| m.layers.clone()) else {
                     return;
                 };
                 match self.load(image, tag, &layers).await {
@@ -363,15 +364,6 @@ impl Run {
     }
 }
 
-fn built_layers(trace: &Trace, image: &str) -> Option<Vec<dockgc_core::trace::TraceLayer>> {
-    trace.events.iter().find_map(|e| match e {
-        Event::Build {
-            image: i, layers, ..
-        } if i == image => Some(layers.clone()),
-        _ => None,
-    })
-}
-
 /// How many events happen at the trace's first instant.
 fn trace_start_events(trace: &Trace) -> usize {
     trace.events.iter().take_while(|e| e.time() == 0).count()
@@ -444,7 +436,7 @@ pub async fn replay(trace: Trace, setup: Options) -> Result<Replay> {
     // would put the replay hours of simulated time behind at once.
     let first = trace_start_events(&trace);
     for event in &trace.events[..first] {
-        run.apply(&trace, event).await;
+        run.apply(event).await;
     }
     let clock = Arc::new(Clock {
         start: Mutex::new(Instant::now()),
@@ -493,7 +485,6 @@ pub async fn replay(trace: Trace, setup: Options) -> Result<Replay> {
     let mut paused = Duration::ZERO;
     let mut next_nightly: i64 = 2 * 3_600;
     let total = trace.events.len();
-    let trace = &trace;
     for (n, event) in trace.events.iter().enumerate().skip(first) {
         let t = event.time();
         if let Some(nightly) = &setup.nightly {
@@ -508,7 +499,7 @@ pub async fn replay(trace: Trace, setup: Options) -> Result<Replay> {
         }
         let lag = wait_until(&clock, t, speed).await;
         max_lag = max_lag.max(lag);
-        run.apply(trace, event).await;
+        run.apply(event).await;
         if n % 500 == 0 {
             eprintln!(
                 "{}: event {n}/{total}, simulated day {:.1}, misses {}, disk full {}",

@@ -113,6 +113,11 @@ impl Workshop {
         made
     }
 
+    /// Trace image `image` as made at its first build, if it was built.
+    pub fn made(&self, image: &str) -> Option<&Made> {
+        self.images.get(image)
+    }
+
     /// A `docker save` archive of `made`, tagged `tag` if given, carrying the layers for
     /// which `present` is false. Returns it and the trace bytes of the layers it carries.
     pub fn archive(

@@ -259,15 +259,26 @@ impl Client {
         }
     }
 
-    /// Sends a request and turns an error status into a typed error.
+    /// Sends a request and turns an error status into a typed error. A body is JSON.
     pub async fn call(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Bytes, Error> {
+        let body = body.map(|b| (b, "application/json"));
+        self.call_typed(method, path, body).await
+    }
+
+    /// [`Client::call`] with a body of the given content type (`application/x-tar`).
+    pub async fn call_typed(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Vec<u8>, &str)>,
+    ) -> Result<Bytes, Error> {
         let what = format!("{method} {path}");
-        let response = self.send(method, path, body).await?;
+        let response = self.send_typed(method, path, body).await?;
         match response.status {
             s if s.is_success() => Ok(response.body),
             s => Err(Error::from_status(s.as_u16(), &what, &response.body)),

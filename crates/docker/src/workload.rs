@@ -31,20 +31,13 @@ impl Engine {
     pub async fn load_archive(&self, tar: Vec<u8>) -> Result<(), Error> {
         let body = self
             .client()
-            .send_typed(
+            .call_typed(
                 Method::POST,
                 "/images/load?quiet=1",
                 Some((tar, "application/x-tar")),
             )
             .await?;
-        if !body.status.is_success() {
-            return Err(Error::from_status(
-                body.status.as_u16(),
-                "POST /images/load",
-                &body.body,
-            ));
-        }
-        for line in body.body.split(|&b| b == b'\n') {
+        for line in body.split(|&b| b == b'\n') {
             let Ok(value) = serde_json::from_slice::<serde_json::Value>(line) else {
                 continue;
             };
@@ -90,18 +83,9 @@ impl Engine {
             crate::engine::encode(id),
             crate::engine::encode(path)
         );
-        let response = self
-            .client()
-            .send_typed(Method::PUT, &uri, Some((tar, "application/x-tar")))
+        self.client()
+            .call_typed(Method::PUT, &uri, Some((tar, "application/x-tar")))
             .await?;
-        if response.status.is_success() {
-            Ok(())
-        } else {
-            Err(Error::from_status(
-                response.status.as_u16(),
-                "PUT /containers/archive",
-                &response.body,
-            ))
-        }
+        Ok(())
     }
 }
