@@ -18,6 +18,29 @@ pub const SCHEMA_VERSION: i64 = 2;
 /// File name of the database in the state directory.
 pub const DB_FILE: &str = "dockgc.db";
 
+/// How long an opener waits for another connection (the daemon, a `dockgc status`) to let go.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Switches the database to WAL. Switching needs the database to itself, and SQLite answers a
+/// switch that meets another connection with "busy" at once instead of calling the busy
+/// handler, so a daemon and a `dockgc status` opening a new database together would make one
+/// of them fail: retry until the busy timeout. Once one opener has switched, the others find
+/// WAL already set (it is stored in the file).
+fn use_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            result => return result,
+        }
+    }
+}
+
 /// The default state directory: `/var/lib/dockgc` as root, else `$XDG_STATE_HOME/dockgc`
 /// (or `~/.local/state/dockgc`).
 pub fn default_state_dir() -> PathBuf {
@@ -71,9 +94,8 @@ impl Store {
         let path = dir.join(DB_FILE);
         let conn = Connection::open(&path)
             .with_context(|| format!("cannot open the state database {}", path.display()))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .with_context(|| format!("cannot use WAL on {}", path.display()))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        use_wal(&conn).with_context(|| format!("cannot use WAL on {}", path.display()))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         let store = Self { conn, path };
         store.migrate()?;
@@ -104,8 +126,10 @@ impl Store {
             );
         }
         if version < 1 {
+            // IMMEDIATE: two openers migrating together wait for each other (the busy handler)
+            // instead of one failing to upgrade its read lock.
             self.conn.execute_batch(
-                "BEGIN;
+                "BEGIN IMMEDIATE;
                  CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
                  CREATE TABLE IF NOT EXISTS images (
                      id TEXT PRIMARY KEY, first_seen INTEGER NOT NULL, last_used INTEGER NOT NULL);
@@ -128,7 +152,7 @@ impl Store {
             // `dockgc audit`'s results per layer (layers never change) and each image's layers
             // with their commands.
             self.conn.execute_batch(
-                "BEGIN;
+                "BEGIN IMMEDIATE;
                  CREATE TABLE IF NOT EXISTS layer_scans (
                      diff_id TEXT PRIMARY KEY, version INTEGER NOT NULL, data BLOB NOT NULL);
                  CREATE TABLE IF NOT EXISTS image_layers (id TEXT PRIMARY KEY, data TEXT NOT NULL);
@@ -465,6 +489,30 @@ impl Drop for DbAudit<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `dockgc status` started beside a starting daemon raced it to switch a new database to
+    /// WAL, and SQLite answers that switch with "busy" at once, without its busy handler: the
+    /// daemon died (seen in CI). Every opener must get through.
+    #[test]
+    fn openers_racing_on_a_new_database_all_get_through() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let barrier = std::sync::Barrier::new(4);
+            std::thread::scope(|s| {
+                let opens: Vec<_> = (0..4)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            Store::open(dir.path()).map(|_| ())
+                        })
+                    })
+                    .collect();
+                for open in opens {
+                    open.join().unwrap().unwrap();
+                }
+            });
+        }
+    }
 
     #[test]
     fn history_keeps_first_arrival_and_last_use() {
