@@ -12,6 +12,9 @@ need_root() {
 }
 
 # Debian packages: Docker engine and client, a static busybox for test containers.
+# libfaketime (multi-threaded build): bench/replay runs docuum on the replay's simulated clock.
+FAKETIME_LIB=/usr/lib/$(uname -m)-linux-gnu/faketime/libfaketimeMT.so.1
+
 install_packages() {
   local missing=()
   [ -x /usr/sbin/dockerd ] && [ -x /usr/bin/docker ] || missing+=(docker.io)
@@ -20,6 +23,7 @@ install_packages() {
   command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
   command -v curl >/dev/null || missing+=(curl)
   command -v bc >/dev/null || missing+=(bc)
+  [ -e "$FAKETIME_LIB" ] || missing+=(libfaketime)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} ..." >&2
     apt-get update -qq

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 mod replay;
+mod settle;
 mod synth;
 
 #[derive(Parser)]

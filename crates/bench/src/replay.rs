@@ -18,6 +18,7 @@ use dockgc_docker::host::{measure_filesystem, Freshness};
 use dockgc_docker::workload::NewContainer;
 use serde::{Deserialize, Serialize};
 
+use crate::settle::{PeerLog, Policy, Settle};
 use crate::synth::{layer_dir, one_file_tar, Workshop};
 
 /// Where and how to replay (the command line of `dockgc-bench replay`).
@@ -36,10 +37,18 @@ pub struct Options {
     /// `dockgc trigger`).
     #[arg(long)]
     pub nightly: Option<String>,
-    /// The log of a peer (docuum) whose restarts stop the replay's clock: its 5 s pause
-    /// would be hours of simulated blindness.
+    /// docuum's log (at `LOG_LEVEL=trace`) when docuum is the policy under test: after each
+    /// event the clock stands still until docuum has handled it, and while docuum restarts
+    /// (its 5 s pause would be hours of simulated blindness).
+    #[arg(long, conflicts_with = "dockgc_state")]
+    pub docuum_log: Option<PathBuf>,
+    /// dockgc's state directory when `dockgc run` is the policy under test: after each event
+    /// the clock stands still until `dockgc status` says it has handled it.
     #[arg(long)]
-    pub peer_log: Option<PathBuf>,
+    pub dockgc_state: Option<PathBuf>,
+    /// The dockgc binary for `--dockgc-state` (default: beside this program).
+    #[arg(long)]
+    pub dockgc: Option<PathBuf>,
     /// Name of the policy under test, for the report.
     #[arg(long)]
     pub policy: String,
@@ -70,6 +79,12 @@ pub struct Replay {
     pub peer_restarts: u64,
     /// Real seconds the clock stood still for them.
     pub paused_seconds: f64,
+    /// Real seconds the clock stood still while the policy caught up with the events.
+    #[serde(default)]
+    pub settle_seconds: f64,
+    /// Times the policy did not catch up within two minutes (the replay went on).
+    #[serde(default)]
+    pub settle_timeouts: u64,
 }
 
 /// The replay's clock: real time since the start, minus the time it stood still while the
@@ -93,45 +108,16 @@ impl Clock {
     fn shift(&self, by: Duration) {
         *self.start.lock().unwrap_or_else(|p| p.into_inner()) += by;
     }
-}
 
-/// A peer's log, read as it grows: it is restarting between a "Retrying" line and the next
-/// "Listening" line (docuum 0.27.3's words).
-struct PeerLog {
-    path: PathBuf,
-    offset: u64,
-    pending: String,
-    retries: u64,
-    listens: u64,
-}
-
-impl PeerLog {
-    fn poll(&mut self) {
-        use std::io::{Read, Seek, SeekFrom};
-        let Ok(mut file) = std::fs::File::open(&self.path) else {
-            return;
-        };
-        if file.seek(SeekFrom::Start(self.offset)).is_err() {
-            return;
-        }
-        let mut bytes = Vec::new();
-        if let Ok(n) = file.read_to_end(&mut bytes) {
-            self.offset += n as u64;
-        }
-        self.pending.push_str(&String::from_utf8_lossy(&bytes));
-        while let Some(end) = self.pending.find('\n') {
-            let line: String = self.pending.drain(..=end).collect();
-            if line.contains("Retrying in 5 seconds") {
-                self.retries += 1;
-            } else if line.contains("Listening for Docker events") {
-                self.listens += 1;
-            }
-        }
-    }
-
-    fn restarting(&mut self) -> bool {
-        self.poll();
-        self.listens <= self.retries
+    /// Runs `work` with the clock standing still; returns for how long it stood.
+    async fn stand_still<T>(&self, work: impl std::future::Future<Output = T>) -> (T, Duration) {
+        let began = Instant::now();
+        self.paused.store(true, Ordering::Relaxed);
+        let out = work.await;
+        let stood = began.elapsed();
+        self.shift(stood);
+        self.paused.store(false, Ordering::Relaxed);
+        (out, stood)
     }
 }
 
@@ -278,6 +264,7 @@ impl Run {
                 name: &name,
                 image: &reference,
                 volume: None,
+                label: None,
             };
             let started = Instant::now();
             match self.engine.create_container(&new).await {
@@ -325,6 +312,7 @@ impl Run {
             name: &name,
             image: &reference,
             volume: None,
+            label: None,
         };
         let Some(cid) = self
             .create_leftover(&new, "create leftover container")
@@ -349,6 +337,7 @@ impl Run {
             name: &name,
             image: &image,
             volume: Some("/data"),
+            label: None,
         };
         let Some(cid) = self.create_leftover(&new, "create volume container").await else {
             return;
@@ -438,18 +427,32 @@ pub async fn replay(trace: Trace, setup: Options) -> Result<Replay> {
     for event in &trace.events[..first] {
         run.apply(event).await;
     }
+    let policy = match (&setup.docuum_log, &setup.dockgc_state) {
+        (Some(log), _) => Some(Policy::Docuum(PeerLog::new(log.clone()))),
+        (None, Some(state)) => Some(Policy::Dockgc {
+            bin: match &setup.dockgc {
+                Some(bin) => bin.clone(),
+                None => std::env::current_exe()
+                    .context("find this program")?
+                    .with_file_name("dockgc"),
+            },
+            state: state.clone(),
+        }),
+        (None, None) => None,
+    };
+    let mut settle = match policy {
+        Some(policy) => {
+            let mut settle = Settle::prepare(&run.engine, &mut run.workshop, policy).await?;
+            settle.wait(&run.engine).await?;
+            Some(settle)
+        }
+        None => None,
+    };
     let clock = Arc::new(Clock {
         start: Mutex::new(Instant::now()),
         paused: std::sync::atomic::AtomicBool::new(false),
     });
     let wall = Instant::now();
-    let mut peer = setup.peer_log.clone().map(|path| PeerLog {
-        path,
-        offset: 0,
-        pending: String::new(),
-        retries: 0,
-        listens: 0,
-    });
     let disk = Arc::new(Mutex::new(Disk::default()));
     let sampler_clock = clock.clone();
     let sampler_disk = disk.clone();
@@ -483,6 +486,7 @@ pub async fn replay(trace: Trace, setup: Options) -> Result<Replay> {
 
     let mut max_lag: f64 = 0.0;
     let mut paused = Duration::ZERO;
+    let mut settled = Duration::ZERO;
     let mut next_nightly: i64 = 2 * 3_600;
     let total = trace.events.len();
     for (n, event) in trace.events.iter().enumerate().skip(first) {
@@ -490,16 +494,32 @@ pub async fn replay(trace: Trace, setup: Options) -> Result<Replay> {
         if let Some(nightly) = &setup.nightly {
             while next_nightly <= t {
                 wait_until(&clock, next_nightly, speed).await;
-                run_nightly(nightly).await?;
+                // A cron job's prune takes seconds of a host's day: the clock stands still.
+                let (result, stood) = clock
+                    .stand_still(async {
+                        run_nightly(nightly).await?;
+                        match settle.as_mut() {
+                            Some(settle) => settle.wait(&run.engine).await,
+                            None => Ok(()),
+                        }
+                    })
+                    .await;
+                result?;
+                settled += stood;
                 next_nightly += 86_400;
             }
         }
-        if let Some(peer) = peer.as_mut() {
+        if let Some(peer) = settle.as_mut().and_then(Settle::peer_log) {
             paused += stand_still_while_restarting(&clock, peer).await;
         }
         let lag = wait_until(&clock, t, speed).await;
         max_lag = max_lag.max(lag);
         run.apply(event).await;
+        if let Some(settle) = settle.as_mut() {
+            let (result, stood) = clock.stand_still(settle.wait(&run.engine)).await;
+            result?;
+            settled += stood;
+        }
         if n % 500 == 0 {
             eprintln!(
                 "{}: event {n}/{total}, simulated day {:.1}, misses {}, disk full {}",
@@ -558,8 +578,13 @@ pub async fn replay(trace: Trace, setup: Options) -> Result<Replay> {
         load_seconds: run.load_seconds,
         job_seconds: run.job_seconds,
         // The first "Listening" is the start, not a restart.
-        peer_restarts: peer.as_ref().map_or(0, |p| p.retries),
+        peer_restarts: settle
+            .as_mut()
+            .and_then(Settle::peer_log)
+            .map_or(0, |p| p.retries),
         paused_seconds: paused.as_secs_f64(),
+        settle_seconds: settled.as_secs_f64(),
+        settle_timeouts: settle.as_ref().map_or(0, |s| s.timeouts),
     })
 }
 
@@ -570,14 +595,14 @@ async fn stand_still_while_restarting(clock: &Clock, peer: &mut PeerLog) -> Dura
         return Duration::ZERO;
     }
     let began = Instant::now();
-    clock.paused.store(true, Ordering::Relaxed);
-    while peer.restarting() && began.elapsed() < Duration::from_secs(60) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let stood = began.elapsed();
-    clock.shift(stood);
-    clock.paused.store(false, Ordering::Relaxed);
-    stood
+    clock
+        .stand_still(async {
+            while peer.restarting() && began.elapsed() < Duration::from_secs(60) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .1
 }
 
 async fn wait_until(clock: &Clock, t: i64, speed: f64) -> f64 {

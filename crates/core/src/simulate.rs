@@ -19,7 +19,7 @@ use crate::model::{
 };
 use crate::plan::{plan, Goal, Kind, Request};
 use crate::policy::Policy;
-use crate::trace::{Event, Trace, TraceLayer};
+use crate::trace::{Event, Overhead, Trace, TraceLayer};
 
 /// A cleaning policy under test.
 #[derive(Debug, Clone)]
@@ -135,13 +135,23 @@ struct Host {
     layer_bytes: u64,
     containers: Vec<Leftover>,
     volumes: Vec<Leftover>,
+    overhead: Overhead,
+    /// docuum reads every image event as a use of the image it names, the `untag` of an
+    /// image that a build left dangling among them.
+    untag_is_use: bool,
 }
 
 impl Host {
+    /// What statvfs would count: content and the engine's overhead for each object.
     fn usage(&self) -> u64 {
         self.other
             + self.layer_bytes
-            + self.containers.iter().map(|c| c.bytes).sum::<u64>()
+            + self.layers.len() as u64 * self.overhead.layer_bytes
+            + self
+                .containers
+                .iter()
+                .map(|c| c.bytes + self.overhead.container_bytes)
+                .sum::<u64>()
             + self.volumes.iter().map(|v| v.bytes).sum::<u64>()
     }
 
@@ -149,14 +159,15 @@ impl Host {
         self.layer_bytes
     }
 
-    /// Bytes an image's arrival would add.
-    fn missing_bytes(&self, layers: &[TraceLayer]) -> u64 {
+    /// Bytes an image's arrival would carry (a pull's download), and what it would add to
+    /// the disk (with the engine's overhead for each new layer).
+    fn missing_bytes(&self, layers: &[TraceLayer]) -> (u64, u64) {
         let mut seen = std::collections::HashSet::new();
-        layers
+        let (count, bytes) = layers
             .iter()
             .filter(|l| !self.layers.contains_key(&l.id) && seen.insert(&l.id))
-            .map(|l| l.bytes)
-            .sum()
+            .fold((0, 0), |(n, b), l| (n + 1, b + l.bytes));
+        (bytes, bytes + count * self.overhead.layer_bytes)
     }
 
     fn add_image(&mut self, id: &str, tag: &str, layers: &[TraceLayer], t: Timestamp) {
@@ -182,6 +193,9 @@ impl Host {
             if let Some(old) = self.tags.insert(tag.to_string(), id.to_string()) {
                 if let Some(o) = self.images.get_mut(&old) {
                     o.tags.retain(|x| x != tag);
+                    if self.untag_is_use && old != id {
+                        o.last_used = t;
+                    }
                 }
             }
             if let Some(image) = self.images.get_mut(id) {
@@ -326,6 +340,8 @@ pub fn simulate(trace: &Trace, contender: &Contender) -> Outcome {
         layer_bytes: 0,
         containers: Vec::new(),
         volumes: Vec::new(),
+        overhead: trace.header.overhead,
+        untag_is_use: matches!(contender, Contender::Docuum { .. }),
     };
     let mut out = Outcome {
         policy: contender.name(),
@@ -372,7 +388,7 @@ pub fn simulate(trace: &Trace, contender: &Contender) -> Outcome {
             Event::Build {
                 image, tag, layers, ..
             } => {
-                let need = host.missing_bytes(layers);
+                let (_, need) = host.missing_bytes(layers);
                 make_room(&mut host, contender, &future, t, need, image, &mut out);
                 if host.usage() + need > host.capacity {
                     out.disk_full += 1;
@@ -387,12 +403,12 @@ pub fn simulate(trace: &Trace, contender: &Contender) -> Outcome {
                 if !host.images.contains_key(image) {
                     out.misses += 1;
                     let layers = built.get(image.as_str()).copied().unwrap_or_default();
-                    let need = host.missing_bytes(layers);
+                    let (carried, need) = host.missing_bytes(layers);
                     make_room(&mut host, contender, &future, t, need, image, &mut out);
                     if host.usage() + need > host.capacity {
                         out.disk_full += 1;
                     } else {
-                        out.bytes_reloaded += need;
+                        out.bytes_reloaded += carried;
                         host.add_image(image, tag, layers, start + t);
                         arrived = true;
                     }
@@ -412,7 +428,7 @@ pub fn simulate(trace: &Trace, contender: &Contender) -> Outcome {
             Event::Container {
                 id, image, bytes, ..
             } => {
-                if host.usage() + bytes > host.capacity {
+                if host.usage() + bytes + host.overhead.container_bytes > host.capacity {
                     out.disk_full += 1;
                     false
                 } else {
@@ -662,6 +678,42 @@ mod tests {
         p.disk.low = Watermark::UsedPercent(low);
         p.disk.high = Watermark::UsedPercent(high);
         Contender::Dockgc(Box::new(p))
+    }
+
+    /// Two builds sharing a base layer, a leftover container; usage is their content plus the
+    /// engine's overhead for each layer present and each container, while what a miss
+    /// re-loads is content only.
+    #[test]
+    fn the_engines_overhead_counts_in_usage_not_in_bytes_reloaded() {
+        let text = r#"{"version":1,"kind":"header","capacity_bytes":100000000,"other_bytes":1000000,"start":0}
+{"event":"build","t":0,"image":"a","tag":"r:1","layers":[{"id":"base","bytes":10000000},{"id":"a1","bytes":2000000}]}
+{"event":"build","t":10,"image":"b","tag":"r:2","layers":[{"id":"base","bytes":10000000},{"id":"b1","bytes":3000000}]}
+{"event":"container","t":20,"id":"c","image":"b","bytes":500000}
+"#;
+        let trace = Trace::parse(text).unwrap();
+        // A trace without the field gets the measured overhead.
+        assert_eq!(trace.header.overhead, Overhead::MEASURED);
+        let content = 1_000_000 + 15_000_000 + 500_000;
+        let measured = simulate(&trace, &Contender::Nothing);
+        let o = Overhead::MEASURED;
+        assert_eq!(
+            measured.peak_bytes,
+            content + 3 * o.layer_bytes + o.container_bytes
+        );
+        let mut bare = trace.clone();
+        bare.header.overhead = Overhead::NONE;
+        assert_eq!(simulate(&bare, &Contender::Nothing).peak_bytes, content);
+
+        // Every image evicted at 02:00, then one job: the miss re-loads content only.
+        let mut again = trace.clone();
+        again.events.pop();
+        again.events.push(Event::Use {
+            t: 3 * 3_600,
+            image: "a".into(),
+            tag: "r:1".into(),
+        });
+        let pruned = simulate(&again, &Contender::NightlyPruneAll);
+        assert_eq!((pruned.misses, pruned.bytes_reloaded), (1, 12_000_000));
     }
 
     #[test]

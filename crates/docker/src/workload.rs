@@ -17,6 +17,8 @@ pub struct NewContainer<'a> {
     pub image: &'a str,
     /// A mount point that gets an anonymous volume, if any.
     pub volume: Option<&'a str>,
+    /// A label (key, empty value) to set, if any.
+    pub label: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -63,6 +65,9 @@ impl Engine {
         if let Some(path) = new.volume {
             config["Volumes"] = serde_json::json!({ path: {} });
         }
+        if let Some(key) = new.label {
+            config["Labels"] = serde_json::json!({ key: "" });
+        }
         let path = format!(
             "/containers/create?name={}",
             crate::engine::encode(new.name)
@@ -86,6 +91,18 @@ impl Engine {
         self.client()
             .call_typed(Method::PUT, &uri, Some((tar, "application/x-tar")))
             .await?;
+        Ok(())
+    }
+
+    /// Renames a container. The engine reports it as a `container rename` event, which a
+    /// benchmark uses as a marker: a policy that has handled it has handled everything before.
+    pub async fn rename_container(&self, id: &str, name: &str) -> Result<(), Error> {
+        let uri = format!(
+            "/containers/{}/rename?name={}",
+            crate::engine::encode(id),
+            crate::engine::encode(name)
+        );
+        self.client().call(Method::POST, &uri, None).await?;
         Ok(())
     }
 }

@@ -163,6 +163,10 @@ pub struct Status {
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     #[serde(default)]
     pub listen: Option<String>,
+    /// The engine time (Unix nanoseconds) of the newest engine event the governor has
+    /// handled, with any cycle it started: how far behind the engine it is.
+    #[serde(default)]
+    pub events_handled: Option<i64>,
 }
 
 /// Settings of `dockgc run`.
@@ -322,10 +326,12 @@ pub async fn run(options: Options, stop: CancellationToken) -> Result<()> {
             batch = next_batch(&mut rx) => {
                 let Some(batch) = batch else { break };
                 let mut trigger = None;
+                let mut handled = None;
                 for msg in batch {
                     match msg {
                         Msg::Trigger(t) => trigger = trigger.max(Some(t)),
                         Msg::Event(e) => {
+                            handled = Some(e.time_nanos);
                             if governor.record_event(&e).await {
                                 trigger = trigger.max(Some(Trigger::Arrival));
                             }
@@ -343,6 +349,10 @@ pub async fn run(options: Options, stop: CancellationToken) -> Result<()> {
                     Some(Trigger::Arrival) => governor.check_watermark(Some(Trigger::Arrival)).await,
                     Some(t) => governor.cycle(t).await,
                     None => {}
+                }
+                // Only now: the batch's events are handled once the cycle they started ended.
+                if handled.is_some() {
+                    governor.status.events_handled = handled;
                 }
             }
         }

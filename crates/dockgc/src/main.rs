@@ -401,6 +401,13 @@ fn status(cli: &Cli, format: Format) -> Result<Exit> {
                     if let Some(addr) = &s.listen {
                         let _ = writeln!(out, "Metrics: http://{addr}/metrics");
                     }
+                    if let Some(at) = s.events_handled.map(chrono::DateTime::from_timestamp_nanos) {
+                        let _ = writeln!(
+                            out,
+                            "Engine events handled up to: {}",
+                            at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                        );
+                    }
                 }
             }
             out.push_str("\nLast cycles:\n");

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use dockgc_core::model::Snapshot;
-use dockgc_core::trace::{Event, Header, TraceLayer, TRACE_VERSION};
+use dockgc_core::trace::{Event, Header, Overhead, TraceLayer, TRACE_VERSION};
 use dockgc_docker::Engine;
 use tokio_util::sync::CancellationToken;
 
@@ -74,9 +74,15 @@ pub async fn record(
             version: TRACE_VERSION,
             kind: "header".into(),
             capacity_bytes: fs.capacity_bytes(),
-            other_bytes: fs.used_bytes.saturating_sub(objects),
+            // The engine's overhead for the objects present is theirs, not other bytes.
+            other_bytes: fs.used_bytes.saturating_sub(
+                objects
+                    + snapshot.layers.len() as u64 * Overhead::MEASURED.layer_bytes
+                    + snapshot.containers.len() as u64 * Overhead::MEASURED.container_bytes,
+            ),
             start,
             scale: None,
+            overhead: Overhead::MEASURED,
             params: None,
         },
     )?;
