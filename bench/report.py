@@ -48,15 +48,21 @@ days = bench_header["params"]["days"]
 w(f"**Bench trace** (replayed on real engines): the default generator's parameters for {days} days, every byte count × 0.25 "
   f"(`dockgc trace generate --days {days} --scale 0.25`): {len(open(f'{results}/bench.trace').read().splitlines()) - 1} events, "
   f"disk {mb(cap)}, other bytes {mb(bench_header['other_bytes'])}; one simulated day = {replays[0]['day_seconds']:.0f} s. Bytes below are on that "
-  "1/4-size disk. Budget = dockgc's `disk.low` (with `disk.high` 15 points above, at most 95 %) = docuum's threshold plus the trace's other bytes.")
+  "1/4-size disk. Budget = dockgc's `disk.low` (with `disk.high` 5 points above, the default gap, at most 95 %) = docuum's threshold plus the trace's other bytes.")
 w("")
 w("### Replays on real engines")
 w("")
-w("| policy | budget | run | misses | re-loaded | disk full | peak | mean | images deleted | others deleted | max lag | docuum restarts | wall |")
-w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+w("| policy | budget | run | misses | re-loaded | disk full | peak | mean | images deleted | others deleted | max lag | waited for the policy | docuum restarts | wall |")
+w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 def restarts(r):
     n, paused = r["bench"]["restarts"], r.get("paused_seconds", 0)
     return f"{n} (clock stopped {paused:.0f} s)" if paused else str(n)
+
+def settled(r):
+    if "settle_seconds" not in r or r["bench"]["policy"] not in ("dockgc", "docuum"):
+        return "—"
+    t = r.get("settle_timeouts", 0)
+    return f"{r['settle_seconds']:.0f} s" + (f", {t} timeouts" if t else "")
 
 order = {"dockgc": 0, "docuum": 1, "prune-all": 2, "dangling": 3}
 replays.sort(key=lambda r: (order.get(r["bench"]["policy"], 9), r["bench"]["budget_percent"], r["outcome"]["policy"]))
@@ -66,7 +72,7 @@ for r in replays:
     budget = "—" if nightly else f"{bnch['budget_percent']:.0f} %"
     w(f"| {o['policy']} | {budget} | {bnch.get('run', '')} | {o['misses']} | {mb(o['bytes_reloaded'])} | {o['disk_full']} | "
       f"{pct(o['peak_bytes'], cap)} | {pct(o['mean_bytes'], cap)} | {o['images_deleted']} | {o['others_deleted']} | "
-      f"{r['max_lag_seconds']:.1f} s | {restarts(r)} | {r['wall_seconds']:.0f} s |")
+      f"{r['max_lag_seconds']:.1f} s | {settled(r)} | {restarts(r)} | {r['wall_seconds']:.0f} s |")
 w("")
 
 def runs(policy, budget=None):
@@ -93,8 +99,19 @@ w("")
 
 w("### Goals (replays, mean of the runs)")
 w("")
-w("| budget | dockgc re-loaded | docuum re-loaded | ratio (goal ≤ 0.7) | docuum modelled (simulate) | ratio to it | nightly prune -af re-loaded | ratio (goal ≤ 0.2) | dockgc / docuum peak | offline reference (simulated) | dockgc gap to it |")
-w("|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+def at_peak(policy, peak):
+    # The policy's re-loads at a given peak, interpolated between its sweep points (mean of
+    # the runs at each budget); None outside its sweep.
+    pts = sorted((mean(r["outcome"]["peak_bytes"] for r in runs(policy, b)),
+                  mean(r["outcome"]["bytes_reloaded"] for r in runs(policy, b)))
+                 for b in budgets if runs(policy, b))
+    for (p0, y0), (p1, y1) in zip(pts, pts[1:]):
+        if p0 <= peak <= p1:
+            return y0 + (y1 - y0) * (peak - p0) / max(p1 - p0, 1)
+    return None
+
+w("| budget | dockgc re-loaded | docuum re-loaded | ratio (goal ≤ 0.7) | dockgc / docuum peak | docuum at dockgc's peak (interpolated) | ratio at equal peak | docuum modelled (simulate) | ratio to it | nightly prune -af re-loaded | ratio (goal ≤ 0.2) | offline reference (simulated) | dockgc gap to it |")
+w("|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 prune = runs("prune-all")
 prune_y = mean(r["outcome"]["bytes_reloaded"] for r in prune) if prune else None
 for b in budgets:
@@ -103,13 +120,16 @@ for b in budgets:
         continue
     dy = mean(r["outcome"]["bytes_reloaded"] for r in d)
     uy = mean(r["outcome"]["bytes_reloaded"] for r in u)
-    dp = max(r["outcome"]["peak_bytes"] for r in d)
-    up = max(r["outcome"]["peak_bytes"] for r in u)
+    dp = mean(r["outcome"]["peak_bytes"] for r in d)
+    up = mean(r["outcome"]["peak_bytes"] for r in u)
+    ue = at_peak("docuum", dp)
     off = sim_outcome(sim_bench, b, "offline")["bytes_reloaded"] if b in sim_bench else None
     model = sim_outcome(sim_bench, b, "docuum")["bytes_reloaded"] if b in sim_bench else None
-    w(f"| {b} % | {mb(dy)} | {mb(uy)} | {dy / max(uy, 1):.2f} | {mb(model) if model is not None else '—'} | "
+    w(f"| {b} % | {mb(dy)} | {mb(uy)} | {dy / max(uy, 1):.2f} | {pct(dp, cap)} / {pct(up, cap)} | "
+      f"{mb(ue) if ue is not None else 'outside its sweep'} | {f'{dy / max(ue, 1):.2f}' if ue is not None else '—'} | "
+      f"{mb(model) if model is not None else '—'} | "
       f"{(dy / max(model, 1)) if model else float('nan'):.2f} | {mb(prune_y) if prune_y is not None else '—'} | "
-      f"{(dy / max(prune_y, 1)) if prune_y else float('nan'):.2f} | {pct(dp, cap)} / {pct(up, cap)} | "
+      f"{(dy / max(prune_y, 1)) if prune_y else float('nan'):.2f} | "
       f"{mb(off) if off is not None else '—'} | {mb(dy - off) if off is not None else '—'} |")
 w("")
 full = {p: sum(r["outcome"]["disk_full"] for r in runs(p)) for p in order}
@@ -125,6 +145,17 @@ for b in sorted(sim_default):
         w(f"| {b} % | {o['policy']} | {o['misses']} | {gb(o['bytes_reloaded'])} | {o['disk_full']} | "
           f"{pct(o['peak_bytes'], default_cap)} | {pct(o['mean_bytes'], default_cap)} | {o['images_deleted']} |")
 w("")
+if os.path.exists(f"{results}/gap-5.json") and os.path.exists(f"{results}/gap-15.json"):
+    w("### The watermark gap: `dockgc simulate` on the default trace with the default watermarks and the old ones")
+    w("")
+    w("| watermarks | misses | re-loaded | disk full | peak | mean | images deleted |")
+    w("|---|---:|---:|---:|---:|---:|---:|")
+    for name, f in (("high 85 %, low 80 % (default)", "gap-5"), ("high 85 %, low 70 % (before)", "gap-15")):
+        d = load(f"{results}/{f}.json")
+        o = next(o for o in d["outcomes"] if o["policy"].startswith("dockgc"))
+        w(f"| {name} | {o['misses']} | {gb(o['bytes_reloaded'])} | {o['disk_full']} | "
+          f"{pct(o['peak_bytes'], default_cap)} | {pct(o['mean_bytes'], default_cap)} | {o['images_deleted']} |")
+    w("")
 w("![bytes re-loaded against peak usage](bench/reload-vs-peak.svg)")
 w("")
 w("![disk usage over time](bench/usage.svg)")
