@@ -4,7 +4,9 @@
 //! knows the future. Pure: the trace's clock is the only clock.
 //!
 //! The host model: usage is the trace's other bytes plus every layer referenced by an image
-//! (shared layers once), stopped containers' writable layers and volumes. A job that finds its
+//! (shared layers once), stopped containers' writable layers and volumes, plus the engine's
+//! per-layer and per-container overhead the trace states (its `overhead`: directories,
+//! metadata, block rounding; what `df` counts and a watermark sees). A job that finds its
 //! image gone loads it again (a miss; its missing layers count as bytes re-loaded). An arrival
 //! that does not fit on the disk fails (a disk-full failure).
 
