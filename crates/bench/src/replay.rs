@@ -588,7 +588,6 @@ pub async fn replay(trace: Trace, setup: Options) -> Result<Replay> {
     })
 }
 
-/// Sleeps until simulated second `t`; returns how far behind it already was (real seconds).
 /// While the peer restarts, the clock stands still (at most a minute); returns for how long.
 async fn stand_still_while_restarting(clock: &Clock, peer: &mut PeerLog) -> Duration {
     if !peer.restarting() {
@@ -605,6 +604,7 @@ async fn stand_still_while_restarting(clock: &Clock, peer: &mut PeerLog) -> Dura
         .1
 }
 
+/// Sleeps until simulated second `t`; returns how far behind it already was (real seconds).
 async fn wait_until(clock: &Clock, t: i64, speed: f64) -> f64 {
     let due = clock.start() + Duration::from_secs_f64(t as f64 / speed);
     let now = Instant::now();
