@@ -11,10 +11,16 @@ need_root() {
   fi
 }
 
-# Debian packages: Docker engine and client, a static busybox for test containers.
 # libfaketime (multi-threaded build): bench/replay runs docuum on the replay's simulated clock.
 FAKETIME_LIB=/usr/lib/$(uname -m)-linux-gnu/faketime/libfaketimeMT.so.1
 
+# dockgc's disk.high for a benchmark budget (its disk.low): the default gap of 5 points, at
+# most 95 %. bench/replay and bench/compare's simulations must agree on it.
+bench_high() { # BUDGET_PERCENT
+  echo $(($1 + 5 > 95 ? 95 : $1 + 5))
+}
+
+# Debian packages: Docker engine and client, a static busybox for test containers.
 install_packages() {
   local missing=()
   [ -x /usr/sbin/dockerd ] && [ -x /usr/bin/docker ] || missing+=(docker.io)

@@ -68,6 +68,8 @@ pub async fn record(
             .filter_map(|c| c.size_rw)
             .sum::<u64>()
         + snapshot.volumes.iter().filter_map(|v| v.bytes).sum::<u64>();
+    // Not measured here: the default, for the objects present and for the simulation.
+    let overhead = Overhead::MEASURED;
     line(
         out,
         &Header {
@@ -77,12 +79,12 @@ pub async fn record(
             // The engine's overhead for the objects present is theirs, not other bytes.
             other_bytes: fs.used_bytes.saturating_sub(
                 objects
-                    + snapshot.layers.len() as u64 * Overhead::MEASURED.layer_bytes
-                    + snapshot.containers.len() as u64 * Overhead::MEASURED.container_bytes,
+                    + snapshot.layers.len() as u64 * overhead.layer_bytes
+                    + snapshot.containers.len() as u64 * overhead.container_bytes,
             ),
             start,
             scale: None,
-            overhead: Overhead::MEASURED,
+            overhead,
             params: None,
         },
     )?;
